@@ -1,0 +1,39 @@
+"""The baseline: a bare aiohttp server whose only handler answers POST /webhooks/jobs with 202.
+
+It neither reads nor validates the body; `python -m bench.bare --port N`. Same `access_log=None`
+and default asyncio loop as `jobhook serve`, so the difference is jobhook's own work.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from aiohttp import web
+
+
+async def accept(request: web.Request) -> web.Response:
+    return web.json_response({"accepted": True}, status=202)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def create_app() -> web.Application:
+    app = web.Application()
+    app.router.add_post("/webhooks/jobs", accept)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.bare", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    web.run_app(create_app(), host=args.host, port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,361 @@
+"""Ingest benchmark (SPEC §6): jobhook's acknowledged-and-durable events/s against a bare aiohttp handler.
+
+Runs, side by side in one go: bare, jobhook synchronous=full (non-terminal, then 25% terminal), jobhook
+synchronous=normal (same two mixes), bare again. Each is a 2 s warm-up and a measured wrk run
+(`wrk -t2 -c32 --latency -s bench/jobs.lua`), one fresh database per jobhook run. After each jobhook run
+the stopped server's database is opened read-only and its `events` rows are compared with the 2xx
+responses wrk saw. `python -m bench.ingest [--duration 10] [--connections 32] [--write-readme]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NoReturn
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = ROOT / "bench" / "jobs.lua"
+README = ROOT / "bench" / "README.md"
+START, END = "<!-- bench:ingest:start -->", "<!-- bench:ingest:end -->"
+WARMUP_SECONDS = 2
+THREADS = 2
+TERMINAL = ("Succeeded", "Failed", "Cancelled")
+ALPHABET = string.digits + string.ascii_uppercase
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+@dataclass(frozen=True)
+class Wrk:
+    rps: float
+    requests: int
+    p50_ms: float
+    p99_ms: float
+    ok: int
+    non2xx: int
+    first_non2xx: int
+    socket_errors: int
+
+    @property
+    def events_per_s(self) -> float:
+        """Acknowledged (2xx) responses per second."""
+        return self.rps * self.ok / self.requests if self.requests else 0.0
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    wrk: Wrk
+    acked: int = 0  # 2xx over warm-up + measured run
+    events: int | None = None
+    terminal_events: int | None = None
+    outbox: int | None = None
+    server_problems: str = ""
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def server_problems(log: Path) -> str:
+    """Warnings, errors and tracebacks in a server's stderr, counted."""
+    text = log.read_text(errors="replace")
+    counts = {word: len(re.findall(rf"\b{word}\b", text)) for word in ("WARNING", "ERROR", "CRITICAL", "Traceback")}
+    counts["WARNING"] -= text.count("WARNING jobhook: auth.mode none")  # expected on every start
+    return ", ".join(f"{n} {word}" for word, n in counts.items() if n > 0)
+
+
+@contextlib.contextmanager
+def server(command: Sequence[str], port: int, log: Path, cwd: Path) -> Iterator[None]:
+    """Start a server process, wait for GET /healthz = 200, and SIGTERM it (then wait) however we leave."""
+    with log.open("wb") as err:
+        proc = subprocess.Popen(command, cwd=cwd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                fail(f"server exited with {proc.returncode} before it was ready; {log}:\n{tail(log)}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as answer:
+                    if answer.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                fail(f"server not ready after 30 s; {log}:\n{tail(log)}")
+            time.sleep(0.1)
+        yield
+        if proc.poll() is not None:
+            fail(f"server exited with {proc.returncode} during the run; {log}:\n{tail(log)}")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                progress(f"server did not stop within 40 s of SIGTERM; killing it; {log}:\n{tail(log)}")
+                proc.kill()
+                proc.wait()
+    if proc.returncode != 0:
+        progress(f"warning: server exited with {proc.returncode} after SIGTERM; {log}:\n{tail(log)}")
+
+
+def fail(message: str) -> NoReturn:
+    raise SystemExit(f"bench.ingest: {message}")
+
+
+def to_ms(value: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", value)
+    if match is None:
+        raise ValueError(f"unknown wrk time {value!r}")
+    return float(match[1]) * UNIT_MS[match[2]]
+
+
+def parse_wrk(output: str) -> Wrk:
+    def find(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, output, re.MULTILINE)
+        if match is None:
+            fail(f"cannot find {pattern!r} in wrk's output:\n{output}")
+        return match
+
+    result = find(r"^bench-result ok=(\d+) non2xx=(\d+) first_non2xx_status=(\d+)")
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    return Wrk(
+        rps=float(find(r"^Requests/sec:\s+([\d.]+)")[1]),
+        requests=int(find(r"^\s+(\d+) requests in ")[1]),
+        p50_ms=to_ms(find(r"^\s+50%\s+(\S+)")[1]),
+        p99_ms=to_ms(find(r"^\s+99%\s+(\S+)")[1]),
+        ok=int(result[1]),
+        non2xx=int(result[2]),
+        first_non2xx=int(result[3]),
+        socket_errors=sum(int(n) for n in sockets.groups()) if sockets else 0,
+    )
+
+
+def wrk(port: int, seconds: int, connections: int, terminal_percent: int) -> Wrk:
+    prefix = "".join(secrets.choice(ALPHABET) for _ in range(12))  # new per wrk run: no jobId repeats
+    command = [
+        "wrk",
+        f"-t{THREADS}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "-s",
+        str(LUA),
+        f"http://127.0.0.1:{port}/webhooks/jobs",
+        "--",
+        prefix,
+        str(terminal_percent),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    if done.returncode != 0:
+        fail(f"wrk exited with {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return parse_wrk(done.stdout)
+
+
+def load(name: str, port: int, args: argparse.Namespace, terminal_percent: int) -> tuple[Wrk, int]:
+    """Warm-up then the measured run; returns the measured run and the 2xx count of both."""
+    progress(f"running {name}: {WARMUP_SECONDS} s warm-up, then {args.duration} s...")
+    warm = wrk(port, WARMUP_SECONDS, args.connections, terminal_percent)
+    measured = wrk(port, args.duration, args.connections, terminal_percent)
+    progress(
+        f"  {measured.events_per_s:,.0f} events/s, p50 {measured.p50_ms:.2f} ms, p99 {measured.p99_ms:.2f} ms, "
+        f"non-2xx {measured.non2xx}"
+    )
+    return measured, warm.ok + measured.ok
+
+
+def bare(name: str, args: argparse.Namespace, tmp: Path) -> Run:
+    port = free_port()
+    log = tmp / f"{name.replace(' ', '-')}.stderr"
+    with server([sys.executable, "-m", "bench.bare", "--port", str(port)], port, log, ROOT):
+        measured, acked = load(name, port, args, 0)
+    return Run(name, measured, acked, server_problems=server_problems(log))
+
+
+def jobhook(synchronous: str, terminal_percent: int, args: argparse.Namespace, tmp: Path) -> Run:
+    mix = f"{terminal_percent}% terminal" if terminal_percent else "non-terminal"
+    name = f"jobhook {synchronous} ({mix})"
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{synchronous}-{terminal_percent}-", dir=tmp))
+    db, port = run_dir / "bench.db", free_port()
+    config = run_dir / "config.yaml"
+    config.write_text(
+        f"server: {{host: 127.0.0.1, port: {port}}}\n"
+        f'database: {{url: "sqlite:///{db}", synchronous: {synchronous}}}\n'
+        "auth: {mode: none}\n"
+    )
+    executable = Path(sys.executable).parent / "jobhook"
+    command = [
+        str(executable) if executable.exists() else shutil.which("jobhook") or "jobhook",
+        "serve",
+        "--config",
+        str(config),
+    ]
+    log = run_dir / "server.stderr"
+    with server(command, port, log, run_dir):
+        measured, acked = load(name, port, args, terminal_percent)
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        terminal = conn.execute(f"SELECT count(*) FROM events WHERE status IN {TERMINAL}").fetchone()[0]
+        outbox = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    problems = server_problems(log)
+    if problems:
+        progress(f"  server stderr has {problems}; {log}:\n{tail(log, 10)}")
+    return Run(name, measured, acked, events, terminal, outbox, problems)
+
+
+def durability(run: Run, connections: int) -> str:
+    """Every 2xx must be a stored row; a few more rows are fine (requests in flight when wrk stopped)."""
+    if run.events is None:
+        return ""
+    extra = run.events - run.acked
+    if extra < 0:
+        return f"LOST {-extra} acknowledged events"
+    if extra > 2 * connections:
+        return f"{extra} rows beyond the 2xx seen (more than the requests in flight at the two wrk stops)"
+    verdict = "ok" if extra == 0 else f"ok (+{extra} answered after wrk stopped)"
+    if run.terminal_events and run.outbox != run.terminal_events:
+        verdict += f"; outbox {run.outbox} != terminal events {run.terminal_events}"
+    return verdict
+
+
+def tables(runs: list[Run], connections: int) -> str:
+    bares = [r for r in runs if r.name.startswith("bare")]
+    base = sum(r.wrk.events_per_s for r in bares) / len(bares)
+    lines = [
+        "| configuration | events/s | ratio vs bare (mean) | p50 ms | p99 ms | non-2xx |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        bad = f"{r.wrk.non2xx}" + (f" (first: {r.wrk.first_non2xx})" if r.wrk.non2xx else "")
+        bad += f", {r.wrk.socket_errors} socket errors" if r.wrk.socket_errors else ""
+        lines.append(
+            f"| {r.name} | {r.wrk.events_per_s:,.0f} | {r.wrk.events_per_s / base:.2f} | "
+            f"{r.wrk.p50_ms:.2f} | {r.wrk.p99_ms:.2f} | {bad} |"
+        )
+    lines.append(f"| bare aiohttp (mean of {len(bares)}) | {base:,.0f} | 1.00 | | | |")
+    lines += [
+        "",
+        "| configuration | 2xx seen (warm-up + run) | rows in events | terminal events | rows in outbox | check |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in runs:
+        if r.events is not None:
+            lines.append(
+                f"| {r.name} | {r.acked:,} | {r.events:,} | {r.terminal_events:,} | {r.outbox:,} | "
+                f"{durability(r, connections)} |"
+            )
+    full = next(r for r in runs if r.name == "jobhook full (non-terminal)")
+    ratio = full.wrk.events_per_s / base
+    meets = ratio >= 0.70 and full.wrk.p99_ms <= 10
+    lines += [
+        "",
+        f"SPEC §6 bar (synchronous=full, non-terminal: ≥ 70% of bare, p99 ≤ 10 ms): "
+        f"{'met' if meets else 'NOT met'} ({ratio:.0%} of bare, p99 {full.wrk.p99_ms:.2f} ms).",
+    ]
+    problems = [f"{r.name}: {r.server_problems}" for r in runs if r.server_problems]
+    if problems:
+        lines += ["", "Server stderr: " + "; ".join(problems) + "."]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False).stdout.splitlines()
+    return (
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {len(os.sched_getaffinity(0))} CPUs "
+        f"({model[1].strip() if model else 'unknown CPU'}); Linux {platform.release()}; "
+        f"Python {platform.python_version()}; SQLite {sqlite3.sqlite_version}; "
+        f"{version[0].split(' Copyright')[0] if version else 'wrk'}"
+    )
+
+
+INTRO = f"""# Benchmarks
+
+## Ingest (`bench/ingest.py`)
+
+What is measured: acknowledged-and-durable events per second at `POST /webhooks/jobs` (SPEC §6), with wrk
+(2 threads, 32 connections, closed loop), against a bare aiohttp handler that only answers 202 without
+reading the body — both measured side by side in one run on the same machine: bare, jobhook
+`synchronous: full` and `normal`, each with an all-in-flight mix and a 25% terminal mix (every terminal
+event also writes an outbox row), then bare again (the two bare runs show the machine's drift). Every
+request carries a new, valid job (`bench/jobs.lua`), so none is a duplicate. Each jobhook configuration
+gets a fresh database; after it stops, its `events` rows are counted against the 2xx responses wrk saw.
+The server and wrk share the machine and are not pinned.
+
+Reproduce: `make bench`, or `make bench BENCH_ARGS="--duration 30"`; `--write-readme` rewrites the
+figures below.
+
+{START}
+{END}
+"""
+
+
+def write_readme(body: str) -> None:
+    text = README.read_text() if README.exists() else INTRO
+    if START not in text or END not in text:
+        text = text.rstrip("\n") + f"\n\n{START}\n{END}\n"
+    head, rest = text.split(START, 1)
+    README.write_text(f"{head}{START}\n{body}\n{END}{rest.split(END, 1)[1]}")
+    progress(f"wrote {README.relative_to(ROOT)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__)
+    parser.add_argument("--duration", type=int, default=10, metavar="SECONDS", help="measured seconds per run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--write-readme", action="store_true", help="rewrite the figures in bench/README.md")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        fail("wrk is not installed (apt-get install -y wrk)")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally blocks stop the servers
+    with tempfile.TemporaryDirectory(prefix="jobhook-bench-") as name:
+        tmp = Path(name)
+        runs = [bare("bare aiohttp (start)", args, tmp)]
+        for synchronous in ("full", "normal"):
+            for terminal_percent in (0, 25):
+                runs.append(jobhook(synchronous, terminal_percent, args, tmp))
+        runs.append(bare("bare aiohttp (end)", args, tmp))
+    info = machine()
+    report = (
+        f"{info}\n\nwrk -t{THREADS} -c{args.connections}, {args.duration} s per measured run after a "
+        f"{WARMUP_SECONDS} s warm-up.\n\n{tables(runs, args.connections)}"
+    )
+    print(report)
+    if args.write_readme:
+        write_readme(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

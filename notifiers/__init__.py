@@ -1,0 +1,1 @@
+"""From outbox row to delivered message."""

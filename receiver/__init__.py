@@ -1,0 +1,1 @@
+"""jobhook's receiver: intake, storage and the command line."""

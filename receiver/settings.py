@@ -1,0 +1,210 @@
+"""The configuration model (SPEC §5): YAML, `${VAR}` / `${VAR:-default}` from the environment, strict keys.
+
+Every problem is reported with its dotted key path (`rules[0].notify`, `delivery.backoff_max`), and
+never with the offending value, which may be a secret.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from receiver.durations import parse_duration
+from receiver.validation import FieldProblem, dotted_path, field_problems
+
+DEFAULT_CONFIG_PATH = Path("config/jobhook.yaml")
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(256 * 1024, ge=1, le=64 * 1024 * 1024)
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite:///data/jobhook.db"
+    synchronous: Literal["full", "normal"] = "full"
+    busy_timeout: Duration = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _known_engine(cls, url: str) -> str:
+        if url.startswith(("postgres://", "postgresql://")):
+            raise ValueError("PostgreSQL is not supported by this version yet; use sqlite:///path.db")
+        if not url.startswith("sqlite:///") or url in ("sqlite:///", "sqlite:////"):
+            raise ValueError("expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        return url
+
+
+class AuthSettings(_Section):
+    mode: Literal["standard-webhooks", "token", "none"] = "none"
+    secrets: list[SecretStr] = []
+    tolerance_seconds: int = Field(300, ge=1)
+
+
+class AdminSettings(_Section):
+    token: SecretStr = SecretStr("")
+
+
+class TargetSettings(_Section):
+    urls: str | list[str]
+    rate_limit: int | None = Field(None, ge=1)
+
+
+class RuleSettings(_Section):
+    name: str | None = None
+    match: dict[Literal["status", "jobType", "accountId", "error_code"], str | list[str]] = {}
+    notify: str | list[str]
+    title: str | None = None
+    body: str | None = None
+    stop: bool = False
+    group_by: list[Literal["jobType", "accountId", "status", "error_code"]] = []
+    group_wait: Duration = 30.0
+    group_interval: Duration = 300.0
+
+
+class DeliverySettings(_Section):
+    max_attempts: int = Field(10, ge=1)
+    backoff_initial: Duration = 10.0
+    backoff_factor: float = Field(2.0, ge=1.0)
+    backoff_max: Duration = 3600.0
+    timeout: Duration = 30.0
+    concurrency: int = Field(8, ge=1, le=1024)
+    lease: Duration | None = None
+
+
+class RetentionSettings(_Section):
+    events: str | None = "90d"
+
+
+class BytescaleSource(_Section):
+    account_id: str
+    api_key: SecretStr
+    job_types: list[str] = ["CopyFileBatchJob", "CopyFolderBatchJob", "DeleteFileBatchJob", "DeleteFolderBatchJob"]
+    interval: Duration = 15.0
+    base_url: str = "https://api.bytescale.com"
+
+
+class SourcesSettings(_Section):
+    bytescale: BytescaleSource | list[BytescaleSource] = []
+
+
+class Settings(_Section):
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    auth: AuthSettings = AuthSettings()
+    admin: AdminSettings = AdminSettings()
+    targets: dict[str, str | list[str] | TargetSettings] = {"console": "console://"}
+    rules: list[RuleSettings] = []
+    delivery: DeliverySettings = DeliverySettings()
+    retention: RetentionSettings = RetentionSettings()
+    sources: SourcesSettings = SourcesSettings()
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` says where and why, one item per problem."""
+
+    def __init__(self, source: str, problems: list[FieldProblem]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(f"{p['field']}: {p['message']}" for p in problems))
+
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(
+    value: Any, env: Mapping[str, str], path: tuple[int | str, ...] = (), problems: list[FieldProblem] | None = None
+) -> Any:
+    """Replace `${VAR}` and `${VAR:-default}` in every string of a parsed YAML tree."""
+    problems = [] if problems is None else problems
+    if isinstance(value, dict):
+        return {k: interpolate(v, env, (*path, str(k)), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env, (*path, i), problems) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env and (env[name] or default is None):
+            return env[name]
+        if default is not None:
+            return default
+        problems.append(
+            {
+                "field": dotted_path(path) or "(root)",
+                "message": f"environment variable {name} is not set (use ${{{name}:-default}} for a default)",
+            }
+        )
+        return ""
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def resolve_config_path(explicit: str | None, env: Mapping[str, str]) -> Path | None:
+    """--config, then $JOBHOOK_CONFIG, then config/jobhook.yaml if it exists; None means built-in defaults."""
+    if explicit:
+        return Path(explicit)
+    if env.get("JOBHOOK_CONFIG"):
+        return Path(env["JOBHOOK_CONFIG"])
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def parse_settings(text: str, env: Mapping[str, str], source: str = "config") -> Settings:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(root)"
+        raise ConfigError(
+            source, [{"field": where, "message": f"not valid YAML: {getattr(exc, 'problem', exc)}"}]
+        ) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [{"field": "(root)", "message": "the configuration must be a mapping of sections"}])
+    problems: list[FieldProblem] = []
+    data = interpolate(data, env, (), problems)
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        problems += field_problems(exc)
+        raise ConfigError(source, problems) from None
+    if problems:
+        raise ConfigError(source, problems)
+    return settings
+
+
+def load_settings(explicit: str | None = None, env: Mapping[str, str] | None = None) -> tuple[Settings, Path | None]:
+    """The settings to run with and the file they came from (None: built-in defaults)."""
+    env = os.environ if env is None else env
+    path = resolve_config_path(explicit, env)
+    if path is None:
+        return Settings(), None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [{"field": "(file)", "message": f"cannot read: {exc.strerror or exc}"}]) from None
+    return parse_settings(text, env, str(path)), path

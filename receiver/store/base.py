@@ -1,0 +1,78 @@
+"""What the rest of jobhook needs from a store, independent of the engine behind it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from enum import IntEnum
+from typing import NamedTuple, Protocol
+
+from receiver.models import Job
+
+
+class Ingested(IntEnum):
+    """What storing one event did."""
+
+    DUPLICATE = 0  # seen before: nothing stored, nothing triggered
+    STORED = 1  # new history; no transition worth notifying
+    TRANSITION = 2  # new history, and an outbox row for the worker
+
+
+class EventRow(NamedTuple):
+    """One validated event, flattened for the store; `body` is the raw JSON text as received."""
+
+    job_id: str
+    last_updated: int
+    status: str
+    account_id: str
+    job_type: str
+    created: int
+    attempts: int | None
+    error_code: str | None
+    error_message: str | None
+    body: str
+
+    @classmethod
+    def from_job(cls, job: Job, body: str) -> EventRow:
+        error = job.error
+        return cls(
+            job.jobId,
+            job.lastUpdated,
+            job.status.value,
+            job.accountId,
+            job.jobType,
+            job.created,
+            job.attempts,
+            error.code if error else None,
+            error.message if error else None,
+            body,
+        )
+
+
+class OutboxItem(NamedTuple):
+    """A recorded transition awaiting the worker."""
+
+    id: int
+    job_id: str
+    status: str
+    previous_status: str | None
+    body: str
+
+
+class Store(Protocol):
+    """The store interface: the SQLite store implements it; a PostgreSQL one will too."""
+
+    @property
+    def healthy(self) -> bool: ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def ingest(self, row: EventRow) -> asyncio.Future[Ingested]: ...
+
+    async def check_writable(self) -> None: ...
+
+    async def unprocessed_outbox(self, limit: int = 100) -> list[OutboxItem]: ...
+
+    async def mark_processed(self, outbox_ids: Sequence[int]) -> None: ...

@@ -1,0 +1,54 @@
+"""Ordered, named migrations of the SQLite store; each is applied once and recorded in `_migrations`."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Migration(NamedTuple):
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "0001_events_jobs_outbox",
+        """
+        CREATE TABLE events (
+            id           INTEGER PRIMARY KEY,
+            job_id       TEXT    NOT NULL,
+            last_updated INTEGER NOT NULL,
+            status       TEXT    NOT NULL,
+            received_at  INTEGER NOT NULL,
+            body         TEXT    NOT NULL,
+            UNIQUE (job_id, last_updated, status)
+        );
+        CREATE TABLE jobs (
+            job_id        TEXT PRIMARY KEY,
+            account_id    TEXT    NOT NULL,
+            job_type      TEXT    NOT NULL,
+            status        TEXT    NOT NULL,
+            created       INTEGER NOT NULL,
+            last_updated  INTEGER NOT NULL,
+            attempts      INTEGER,
+            error_code    TEXT,
+            error_message TEXT,
+            event_id      INTEGER NOT NULL REFERENCES events (id)
+        ) WITHOUT ROWID;
+        CREATE TABLE outbox (
+            id              INTEGER PRIMARY KEY,
+            event_id        INTEGER NOT NULL REFERENCES events (id),
+            job_id          TEXT    NOT NULL,
+            status          TEXT    NOT NULL,
+            previous_status TEXT,
+            created_at      INTEGER NOT NULL,
+            processed_at    INTEGER
+        );
+        CREATE INDEX outbox_unprocessed ON outbox (id) WHERE processed_at IS NULL;
+        CREATE TABLE heartbeat (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            at INTEGER NOT NULL
+        );
+        """,
+    ),
+)

@@ -1,0 +1,50 @@
+"""Run `jobhook serve` as a real process on a free loopback port."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def write_config(directory: Path, port: int, extra: str = "") -> Path:
+    config = directory / "jobhook.yaml"
+    config.write_text(
+        f"server: {{host: 127.0.0.1, port: {port}}}\n"
+        f"database: {{url: 'sqlite:///{directory / 'data' / 'jobhook.db'}'}}\n"
+        f"auth: {{mode: none}}\n{extra}"
+    )
+    return config
+
+
+def start(config: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "receiver", *args, "serve", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"jobhook serve exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError("jobhook serve did not become healthy")
