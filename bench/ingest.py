@@ -35,6 +35,8 @@ from typing import NoReturn
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "bench" / "jobs.lua"
 README = ROOT / "bench" / "README.md"
+OUT = ROOT / "bench" / "out"
+STOP_SECONDS = 40  # jobhook waits up to delivery.timeout (30 s) for requests in flight
 START, END = "<!-- bench:ingest:start -->", "<!-- bench:ingest:end -->"
 WARMUP_SECONDS = 2
 THREADS = 2
@@ -97,13 +99,14 @@ def server_problems(log: Path) -> str:
 @contextlib.contextmanager
 def server(command: Sequence[str], port: int, log: Path, cwd: Path) -> Iterator[None]:
     """Start a server process, wait for GET /healthz = 200, and SIGTERM it (then wait) however we leave."""
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}  # SIGABRT dumps every thread's stack to the log
     with log.open("wb") as err:
-        proc = subprocess.Popen(command, cwd=cwd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
     try:
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
-                fail(f"server exited with {proc.returncode} before it was ready; {log}:\n{tail(log)}")
+                fail(f"server exited with {proc.returncode} before it was ready; {keep(log)}:\n{tail(log)}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as answer:
                     if answer.status == 200:
@@ -111,22 +114,40 @@ def server(command: Sequence[str], port: int, log: Path, cwd: Path) -> Iterator[
             except (urllib.error.URLError, OSError):
                 pass
             if time.monotonic() > deadline:
-                fail(f"server not ready after 30 s; {log}:\n{tail(log)}")
+                fail(f"server not ready after 30 s; {keep(log)}:\n{tail(log)}")
             time.sleep(0.1)
         yield
         if proc.poll() is not None:
-            fail(f"server exited with {proc.returncode} during the run; {log}:\n{tail(log)}")
+            fail(f"server exited with {proc.returncode} during the run; {keep(log)}:\n{tail(log)}")
     finally:
         if proc.poll() is None:
+            stopping = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=40)
+                proc.wait(timeout=STOP_SECONDS)
             except subprocess.TimeoutExpired:
-                progress(f"server did not stop within 40 s of SIGTERM; killing it; {log}:\n{tail(log)}")
+                progress(f"  server still running {STOP_SECONDS} s after SIGTERM: SIGABRT (stack dump), then SIGKILL")
+                proc.send_signal(signal.SIGABRT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
                 proc.kill()
                 proc.wait()
+            stopped = time.monotonic() - stopping
+            progress(f"  server stopped {stopped:.1f} s after SIGTERM, exit status {proc.returncode}")
     if proc.returncode != 0:
-        progress(f"warning: server exited with {proc.returncode} after SIGTERM; {log}:\n{tail(log)}")
+        progress(f"warning: server exited with {proc.returncode} after SIGTERM; {keep(log)}:\n{tail(log, 60)}")
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def keep(log: Path) -> Path:
+    """Copy a server log out of the temporary directory (bench/out/ is git-ignored)."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    kept = OUT / log.name
+    shutil.copyfile(log, kept)
+    return kept
 
 
 def fail(message: str) -> NoReturn:
@@ -196,7 +217,7 @@ def load(name: str, port: int, args: argparse.Namespace, terminal_percent: int) 
 
 def bare(name: str, args: argparse.Namespace, tmp: Path) -> Run:
     port = free_port()
-    log = tmp / f"{name.replace(' ', '-')}.stderr"
+    log = tmp / f"{slug(name)}.stderr"
     with server([sys.executable, "-m", "bench.bare", "--port", str(port)], port, log, ROOT):
         measured, acked = load(name, port, args, 0)
     return Run(name, measured, acked, server_problems=server_problems(log))
@@ -205,7 +226,8 @@ def bare(name: str, args: argparse.Namespace, tmp: Path) -> Run:
 def jobhook(synchronous: str, terminal_percent: int, args: argparse.Namespace, tmp: Path) -> Run:
     mix = f"{terminal_percent}% terminal" if terminal_percent else "non-terminal"
     name = f"jobhook {synchronous} ({mix})"
-    run_dir = Path(tempfile.mkdtemp(prefix=f"{synchronous}-{terminal_percent}-", dir=tmp))
+    run_dir = tmp / slug(name)
+    run_dir.mkdir()
     db, port = run_dir / "bench.db", free_port()
     config = run_dir / "config.yaml"
     config.write_text(
@@ -220,7 +242,7 @@ def jobhook(synchronous: str, terminal_percent: int, args: argparse.Namespace, t
         "--config",
         str(config),
     ]
-    log = run_dir / "server.stderr"
+    log = run_dir / f"{slug(name)}.stderr"
     with server(command, port, log, run_dir):
         measured, acked = load(name, port, args, terminal_percent)
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
@@ -229,7 +251,7 @@ def jobhook(synchronous: str, terminal_percent: int, args: argparse.Namespace, t
         outbox = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
     problems = server_problems(log)
     if problems:
-        progress(f"  server stderr has {problems}; {log}:\n{tail(log, 10)}")
+        progress(f"  server stderr has {problems}; {keep(log)}:\n{tail(log, 10)}")
     return Run(name, measured, acked, events, terminal, outbox, problems)
 
 
