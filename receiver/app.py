@@ -11,9 +11,9 @@ from typing import Any
 from aiohttp import web
 
 from notifiers.log_worker import OutboxLogWorker
-from receiver.errors import error_envelope
+from receiver.errors import add_fallback_routes, enveloped
 from receiver.health import healthz, readyz
-from receiver.intake import receive_job
+from receiver.intake import JobIntake
 from receiver.keys import SETTINGS, STORE, WORKER
 from receiver.models import TERMINAL
 from receiver.settings import Settings
@@ -36,23 +36,26 @@ def create_store(settings: Settings) -> SqliteStore:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_envelope], client_max_size=settings.server.max_body_bytes)
+    app = web.Application(client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
+    store = create_store(settings)
+    worker = OutboxLogWorker(store)
+    app[STORE] = store
+    app[WORKER] = worker
+    intake = JobIntake(store, settings.server.max_body_bytes, worker.wake)
     app.cleanup_ctx.append(_store_and_worker)
-    app.router.add_post("/webhooks/jobs", receive_job)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    app.router.add_post("/webhooks/jobs", intake.receive)
+    app.router.add_get("/healthz", enveloped(healthz))
+    app.router.add_get("/readyz", enveloped(readyz))
+    add_fallback_routes(app)
     return app
 
 
 async def _store_and_worker(app: web.Application) -> AsyncIterator[None]:
-    store = create_store(app[SETTINGS])
+    store, worker = app[STORE], app[WORKER]
     await store.open()
-    worker = OutboxLogWorker(store)
-    app[STORE] = store
-    app[WORKER] = worker
     task = asyncio.create_task(worker.run(), name="outbox-worker")
-    log.info("store open at %s (synchronous=%s)", store.path, app[SETTINGS].database.synchronous)
+    log.info("store open at %s (synchronous=%s)", app[SETTINGS].database.url, app[SETTINGS].database.synchronous)
     try:
         yield
     finally:

@@ -1,26 +1,22 @@
-"""The error envelope `{"error": {"code", "message", "details"}}` and the middleware that guarantees it."""
+"""The error envelope `{"error": {"code", "message", "details"}}` and the routes that guarantee it.
+
+There is no middleware (it would cost every intake request): unknown paths and methods are caught
+by routes of their own, and each handler turns its unexpected exceptions into a logged 500.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 log = logging.getLogger("jobhook.http")
 
-_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "invalid_payload",
-    503: "store_unavailable",
-}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(
@@ -30,32 +26,45 @@ def error_response(
     return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json", headers=headers)
 
 
-def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Response:
-    if exc.status == 404:
-        return error_response(404, "not_found", f"no route for {request.path}")
-    if exc.status == 405 and isinstance(exc, web.HTTPMethodNotAllowed):
-        allowed = ", ".join(sorted(exc.allowed_methods))
-        return error_response(
-            405,
-            "method_not_allowed",
-            f"{request.method} is not allowed here; use {allowed}",
-            headers={"Allow": allowed},
-        )
-    if exc.status == 413:
-        return error_response(413, "payload_too_large", "request body is too large")
-    headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
-    return error_response(exc.status, _CODES.get(exc.status, "http_error"), exc.reason, headers=headers)
+def internal_error() -> web.Response:
+    return error_response(500, "internal_error", "internal error; nothing was acknowledged")
 
 
-@web.middleware
-async def error_envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves in the envelope; an unexpected exception is logged and never leaks its text."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
+def enveloped(handler: Handler) -> Handler:
+    """Any unexpected exception leaves as a logged 500 in the envelope, never a traceback."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException:
             raise
-        return _from_http_exception(request, exc)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "internal error; the event was not acknowledged")
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return internal_error()
+
+    return wrapper
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return error_response(404, "not_found", f"no route for {request.path}")
+
+
+def method_not_allowed(*allowed: str) -> Handler:
+    allow = ", ".join(allowed)
+
+    async def handler(request: web.Request) -> web.Response:
+        return error_response(
+            405, "method_not_allowed", f"{request.method} is not allowed here; use {allow}", headers={"Allow": allow}
+        )
+
+    return handler
+
+
+def add_fallback_routes(app: web.Application) -> None:
+    """405 for a known path with the wrong method, 404 for anything else: both in the envelope."""
+    for resource in list(app.router.resources()):
+        if isinstance(resource, web.Resource):
+            methods = sorted({route.method for route in resource if route.method != "HEAD"})
+            resource.add_route("*", method_not_allowed(*methods))
+    app.router.add_route("*", "/{path:.*}", not_found)

@@ -1,79 +1,107 @@
-"""POST /webhooks/jobs: bytes -> model -> store -> answer. The hot path: keep it lean."""
+"""POST /webhooks/jobs: bytes -> model -> store -> answer.
+
+This is the hot path, measured against a bare aiohttp handler (`make bench`): no middleware, no
+per-request lookups, the body taken straight from the parser's buffer when it is complete, and
+the answer formatted from values the schema already constrained.
+"""
 
 from __future__ import annotations
 
-from aiohttp import hdrs, web
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
 from pydantic import ValidationError
 
-from receiver.errors import error_response
-from receiver.keys import SETTINGS, STORE, WORKER
+from receiver.errors import error_response, internal_error
 from receiver.models import Job
-from receiver.store import EventRow, Ingested, StoreUnavailable
+from receiver.store import EventRow, Ingested, Store, StoreUnavailable
 from receiver.validation import field_problems
 
+log = logging.getLogger("jobhook.intake")
+
 RETRY_AFTER_SECONDS = "5"
+_ANSWER = b'{"accepted":true,"duplicate":%s,"jobId":"%s","status":"%s"}'
 
 
-def _acceptable_content_type(request: web.Request) -> bool:
-    if hdrs.CONTENT_TYPE not in request.headers:
-        return True  # a missing header is read as JSON
-    mime = request.content_type
+def is_json_media_type(mime: str) -> bool:
     return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
 
 
-def _too_large(limit: int) -> web.Response:
-    response = error_response(413, "payload_too_large", f"request body exceeds {limit} bytes")
-    response.force_close()
-    return response
+class JobIntake:
+    """Receives job callbacks; `on_transition` wakes the outbox worker after a committed transition."""
 
+    def __init__(self, store: Store, max_body_bytes: int, on_transition: Callable[[], None]) -> None:
+        self._store = store
+        self._limit = max_body_bytes
+        self._on_transition = on_transition
 
-async def receive_job(request: web.Request) -> web.Response:
-    if not _acceptable_content_type(request):
-        return error_response(
-            415, "unsupported_media_type", f"Content-Type {request.content_type} is not JSON; send application/json"
-        )
-    limit = request.app[SETTINGS].server.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        return _too_large(limit)
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _too_large(limit)
+    async def receive(self, request: web.Request) -> web.Response:
+        try:
+            return await self._receive(request)
+        except Exception:  # never a bare 500: log it, answer in the envelope, acknowledge nothing
+            log.exception("unexpected error in intake")
+            return internal_error()
 
-    try:
-        job = Job.model_validate_json(body)
-        text = body.decode()
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        if errors[0]["type"] == "json_invalid":
-            return error_response(400, "malformed_json", f"body is not valid JSON: {errors[0]['msg']}")
-        return error_response(
-            422, "invalid_payload", "the job object is not valid", field_problems(exc, echo_input=True)
-        )
-    except UnicodeDecodeError:
-        return error_response(400, "malformed_json", "body is not valid UTF-8 JSON")
+    async def _receive(self, request: web.Request) -> web.Response:
+        content_type = request.headers.get("Content-Type")
+        if content_type not in (None, "application/json") and not is_json_media_type(request.content_type):
+            return error_response(
+                415, "unsupported_media_type", f"Content-Type {request.content_type} is not JSON; send application/json"
+            )
+        length = request.content_length
+        if length is not None and length > self._limit:
+            return self._too_large()
+        content = request.content
+        if content.is_eof():  # the whole body already arrived with the headers: take it as is
+            body = content.read_nowait(-1)
+            if len(body) > self._limit:
+                return self._too_large()
+        else:
+            try:
+                body = await request.read()  # bounded by the app's client_max_size
+            except web.HTTPRequestEntityTooLarge:
+                return self._too_large()
 
-    try:
-        outcome = await request.app[STORE].ingest(EventRow.from_job(job, text))
-    except StoreUnavailable as exc:
-        return error_response(
-            503,
-            "store_unavailable",
-            f"the event could not be stored ({exc}); retry later",
-            headers={"Retry-After": RETRY_AFTER_SECONDS},
-        )
-    if outcome is Ingested.DUPLICATE:
+        try:
+            job = Job.model_validate_json(body)
+            text = body.decode()
+        except ValidationError as exc:
+            return _invalid(exc)
+        except UnicodeDecodeError:
+            return error_response(400, "malformed_json", "body is not valid UTF-8 JSON")
+
+        try:
+            outcome = await self._store.ingest(EventRow.from_job(job, text))
+        except StoreUnavailable as exc:
+            return error_response(
+                503,
+                "store_unavailable",
+                f"the event could not be stored ({exc}); retry later",
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            )
+        if outcome is Ingested.DUPLICATE:
+            return web.Response(
+                status=200,
+                content_type="application/json",
+                body=_ANSWER % (b"true", job.jobId.encode(), job.status.encode()),
+            )
+        if outcome is Ingested.TRANSITION:
+            self._on_transition()
         return web.Response(
-            status=200,
+            status=202,
             content_type="application/json",
-            body=b'{"accepted":true,"duplicate":true,"jobId":"%s","status":"%s"}'
-            % (job.jobId.encode(), job.status.encode()),
+            body=_ANSWER % (b"false", job.jobId.encode(), job.status.encode()),
         )
-    if outcome is Ingested.TRANSITION:
-        request.app[WORKER].wake()
-    return web.Response(
-        status=202,
-        content_type="application/json",
-        body=b'{"accepted":true,"duplicate":false,"jobId":"%s","status":"%s"}'
-        % (job.jobId.encode(), job.status.encode()),
-    )
+
+    def _too_large(self) -> web.Response:
+        response = error_response(413, "payload_too_large", f"request body exceeds {self._limit} bytes")
+        response.force_close()
+        return response
+
+
+def _invalid(exc: ValidationError) -> web.Response:
+    errors = exc.errors(include_url=False)
+    if errors[0]["type"] == "json_invalid":
+        return error_response(400, "malformed_json", f"body is not valid JSON: {errors[0]['msg']}")
+    return error_response(422, "invalid_payload", "the job object is not valid", field_problems(exc, echo_input=True))

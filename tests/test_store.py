@@ -32,7 +32,8 @@ def test_new_migration_on_existing_database_keeps_data(tmp_path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     apply_migrations(conn)
     conn.execute(
-        "INSERT INTO events (job_id, last_updated, status, received_at, body) VALUES ('J', 1, 'Created', 1, '{}')"
+        "INSERT INTO events (job_id, last_updated, status, account_id, job_type, created, body, received_at)"
+        " VALUES ('J', 1, 'Created', 'A623uY2', 'CopyFileBatchJob', 1, '{}', 1)"
     )
     conn.close()
 

@@ -15,12 +15,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         "0001_events_jobs_outbox",
         """
         CREATE TABLE events (
-            id           INTEGER PRIMARY KEY,
-            job_id       TEXT    NOT NULL,
-            last_updated INTEGER NOT NULL,
-            status       TEXT    NOT NULL,
-            received_at  INTEGER NOT NULL,
-            body         TEXT    NOT NULL,
+            id            INTEGER PRIMARY KEY,
+            job_id        TEXT    NOT NULL,
+            last_updated  INTEGER NOT NULL,
+            status        TEXT    NOT NULL,
+            account_id    TEXT    NOT NULL,
+            job_type      TEXT    NOT NULL,
+            created       INTEGER NOT NULL,
+            attempts      INTEGER,
+            error_code    TEXT,
+            error_message TEXT,
+            body          TEXT    NOT NULL,
+            received_at   INTEGER NOT NULL,
             UNIQUE (job_id, last_updated, status)
         );
         CREATE TABLE jobs (
