@@ -104,9 +104,7 @@ class SqliteStore:
         self, path: Path, *, synchronous: str = "full", busy_timeout_ms: int = 5000, notify_statuses: frozenset[str]
     ) -> None:
         self.path = path
-        # `full` is SQLite's NORMAL plus our own fsync of the WAL after each commit, on the flusher
-        # thread: the same guarantee (acknowledged = on disk) with the next batch written meanwhile.
-        self._durable = synchronous == "full"
+        self._synchronous = synchronous.upper()
         self._busy_timeout_ms = busy_timeout_ms
         self._notify_statuses = notify_statuses
         self._writer: GroupCommitWriter[EventRow, Ingested] | None = None
@@ -119,10 +117,9 @@ class SqliteStore:
         applied = await asyncio.to_thread(apply_migrations, conn)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
-        if self._durable:  # the WAL file now exists: make its directory entry durable too
+        if self._synchronous == "FULL":  # the WAL file now exists: make its directory entry durable too
             await asyncio.to_thread(_fsync_path, self.path.parent)
-        flush = self._fsync_wal if self._durable else None
-        self._writer = GroupCommitWriter(lambda: conn, self._write_events, asyncio.get_running_loop(), flush)
+        self._writer = GroupCommitWriter(lambda: conn, self._write_events, asyncio.get_running_loop())
         self._writer.start()
         self._reader = await aiosqlite.connect(self.path)
         await self._reader.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
@@ -140,11 +137,9 @@ class SqliteStore:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, cached_statements=512)
         conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
+        # FULL: every commit syncs the WAL, so an acknowledged event survives power loss.
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         return conn
-
-    def _fsync_wal(self) -> None:
-        _fsync_path(Path(f"{self.path}-wal"))
 
     @property
     def writer(self) -> GroupCommitWriter[EventRow, Ingested]:

@@ -1,10 +1,12 @@
-"""The single SQLite writer: one thread, one connection, group commit, pipelined flush.
+"""The single SQLite writer: one thread, one connection, group commit.
 
 Requests hand their rows to `submit` on the event loop and await a future. The writer thread takes
-everything queued since its last commit and writes it in one transaction. When durability is asked
-for, a flusher thread then fsyncs the WAL while the writer already writes the next batch, and only
-then are the batch's futures resolved, with one `call_soon_threadsafe` per flush. No SQLite call
-ever runs on the loop's thread.
+everything queued since its last commit, writes it in one transaction, commits (with
+`synchronous=FULL`, that includes the WAL fsync), then resolves the whole batch's futures with one
+`call_soon_threadsafe`. No SQLite call ever runs on the loop's thread.
+
+(A separate flusher thread that fsyncs batch N while batch N+1 is written, and WAL checkpoints on
+a thread of their own, were both measured slower under `make bench`; see bench/README.md.)
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import logging
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -24,13 +25,11 @@ Row = TypeVar("Row")
 Result = TypeVar("Result")
 T = TypeVar("T")
 
-
 MAX_BATCH = 2000
 
 BatchFn = Callable[[sqlite3.Connection, Sequence[Row]], list[Result]]
 Connect = Callable[[], sqlite3.Connection]
-Flush = Callable[[], None]
-# One committed unit of work: the futures it answers and either their results or the error for all.
+# The futures a transaction answers, and either their results or the one error for all of them.
 Settlement = tuple[list["asyncio.Future[Any]"], "list[Any] | BaseException"]
 
 
@@ -49,36 +48,20 @@ _STOP = object()
 
 
 class GroupCommitWriter(Generic[Row, Result]):
-    """Serialises every write on one connection, committing queued rows as one transaction.
+    """Serialises every write on one connection, committing queued rows as one transaction."""
 
-    `flush`, when given, makes committed transactions durable (an fsync of the WAL); it runs on its
-    own thread so that writing batch N+1 overlaps flushing batch N.
-    """
-
-    def __init__(
-        self,
-        connect: Connect,
-        write_batch: BatchFn[Row, Result],
-        loop: asyncio.AbstractEventLoop,
-        flush: Flush | None = None,
-    ) -> None:
+    def __init__(self, connect: Connect, write_batch: BatchFn[Row, Result], loop: asyncio.AbstractEventLoop) -> None:
         self._connect = connect
         self._write_batch = write_batch
         self._loop = loop
-        self._flush = flush
         self._queue: queue.SimpleQueue[tuple[Any, asyncio.Future[Any] | None]] = queue.SimpleQueue()
-        self._flush_queue: queue.SimpleQueue[Settlement | object] = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._write_loop, name="jobhook-sqlite-writer", daemon=True)]
-        if flush is not None:
-            self._threads.append(threading.Thread(target=self._flush_loop, name="jobhook-wal-flusher", daemon=True))
+        self._thread = threading.Thread(target=self._run, name="jobhook-sqlite-writer", daemon=True)
         self._conn: sqlite3.Connection | None = None
         self.healthy = True
-        self.on_commit: Callable[[int, float], None] | None = None
 
     # --- event loop side -------------------------------------------------------------------
     def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
+        self._thread.start()
 
     def submit(self, row: Row) -> asyncio.Future[Result]:
         """Queue one row; the future resolves once its batch is durable (or fails with StoreUnavailable)."""
@@ -93,27 +76,26 @@ class GroupCommitWriter(Generic[Row, Result]):
         return future
 
     async def stop(self) -> None:
-        """Write and flush what is queued, then close the connection."""
+        """Write what is queued, then close the connection."""
         self._queue.put((_STOP, None))
-        for thread in self._threads:
-            await asyncio.to_thread(thread.join)
+        await asyncio.to_thread(self._thread.join)
 
     # --- writer thread ---------------------------------------------------------------------
-    def _write_loop(self) -> None:
+    def _run(self) -> None:
         stopping = False
         while not stopping:
             batch = self._take()
             rows = [(item, fut) for item, fut in batch if item is not _STOP and not isinstance(item, _Call)]
-            if rows:
-                self._settle(self._commit_rows(rows))
+            settlements = [self._commit_rows(rows)] if rows else []
             for item, fut in batch:
                 if isinstance(item, _Call):
                     assert fut is not None
-                    self._settle(self._run_call(item, fut))
+                    settlements.append(self._run_call(item, fut))
                 elif item is _STOP:
                     stopping = True
+            if settlements:
+                self._loop.call_soon_threadsafe(_settle_all, settlements)
         self._close()
-        self._flush_queue.put(_STOP)
 
     def _take(self) -> list[tuple[Any, asyncio.Future[Any] | None]]:
         batch = [self._queue.get()]
@@ -126,13 +108,10 @@ class GroupCommitWriter(Generic[Row, Result]):
 
     def _commit_rows(self, rows: list[tuple[Any, Any]]) -> Settlement:
         futures = [fut for _, fut in rows]
-        started = time.perf_counter()
         try:
             results: list[Any] = self._in_transaction(lambda conn: self._write_batch(conn, [row for row, _ in rows]))
         except sqlite3.Error as exc:
             return futures, self._failed(exc)
-        if self.on_commit is not None:
-            self.on_commit(len(rows), time.perf_counter() - started)
         return futures, results
 
     def _run_call(self, call: _Call, fut: asyncio.Future[Any]) -> Settlement:
@@ -157,12 +136,6 @@ class GroupCommitWriter(Generic[Row, Result]):
         self.healthy = True
         return result
 
-    def _settle(self, settlement: Settlement) -> None:
-        if self._flush is None or isinstance(settlement[1], BaseException):
-            self._loop.call_soon_threadsafe(_settle_all, [settlement])
-        else:
-            self._flush_queue.put(settlement)
-
     def _rollback(self, conn: sqlite3.Connection) -> None:
         try:
             conn.execute("ROLLBACK")
@@ -184,31 +157,6 @@ class GroupCommitWriter(Generic[Row, Result]):
             except sqlite3.Error as exc:
                 log.warning("closing the store: %s", exc)
             self._conn = None
-
-    # --- flusher thread --------------------------------------------------------------------
-    def _flush_loop(self) -> None:
-        assert self._flush is not None
-        stopping = False
-        while not stopping:
-            settlements: list[Settlement] = []
-            item = self._flush_queue.get()
-            try:
-                while True:
-                    if item is _STOP:
-                        stopping = True
-                    else:
-                        settlements.append(item)  # type: ignore[arg-type]
-                    item = self._flush_queue.get_nowait()
-            except queue.Empty:
-                pass
-            if not settlements:
-                continue
-            try:
-                self._flush()
-            except OSError as exc:
-                error = self._failed(exc)
-                settlements = [(futures, error) for futures, _ in settlements]
-            self._loop.call_soon_threadsafe(_settle_all, settlements)
 
 
 def _settle_all(settlements: list[Settlement]) -> None:
