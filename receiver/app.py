@@ -10,12 +10,12 @@ from typing import Any
 
 from aiohttp import web
 
-from notifiers.log_worker import OutboxLogWorker
+from notifiers.config import NotifierConfig, load_notifiers
+from notifiers.worker import DeliveryWorker
 from receiver.errors import add_fallback_routes, enveloped
 from receiver.health import healthz, readyz
 from receiver.intake import JobIntake
-from receiver.keys import SETTINGS, STORE, WORKER
-from receiver.models import TERMINAL
+from receiver.keys import NOTIFIERS, SETTINGS, STORE, WORKER
 from receiver.settings import Settings
 from receiver.store.sqlite import SqliteStore, sqlite_path
 
@@ -25,21 +25,37 @@ log = logging.getLogger("jobhook")
 SERVER_OPTIONS: dict[str, Any] = {"lingering_time": 0}
 
 
-def create_store(settings: Settings) -> SqliteStore:
+def create_store(settings: Settings, notify_statuses: frozenset[str]) -> SqliteStore:
     db = settings.database
     return SqliteStore(
         sqlite_path(db.url),
         synchronous=db.synchronous,
         busy_timeout_ms=int(db.busy_timeout * 1000),
-        notify_statuses=frozenset(status.value for status in TERMINAL),
+        notify_statuses=notify_statuses,
     )
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_worker(store: SqliteStore, settings: Settings, notifiers: NotifierConfig) -> DeliveryWorker:
+    return DeliveryWorker(
+        store,
+        notifiers.rules,
+        notifiers.targets,
+        notifiers.policy,
+        concurrency=settings.delivery.concurrency,
+        timeout=settings.delivery.timeout,
+        lease=notifiers.lease,
+        redactor=notifiers.redactor,
+    )
+
+
+def create_app(settings: Settings, notifiers: NotifierConfig | None = None) -> web.Application:
+    """Raises ConfigError when rules or targets are unusable."""
+    notifiers = notifiers or load_notifiers(settings)
+    store = create_store(settings, notifiers.notify_statuses)
+    worker = create_worker(store, settings, notifiers)
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
-    store = create_store(settings)
-    worker = OutboxLogWorker(store)
+    app[NOTIFIERS] = notifiers
     app[STORE] = store
     app[WORKER] = worker
     intake = JobIntake(store, settings.server.max_body_bytes, worker.wake)
@@ -54,11 +70,12 @@ def create_app(settings: Settings) -> web.Application:
 async def _store_and_worker(app: web.Application) -> AsyncIterator[None]:
     store, worker = app[STORE], app[WORKER]
     await store.open()
-    task = asyncio.create_task(worker.run(), name="outbox-worker")
+    task = asyncio.create_task(worker.run(), name="delivery-worker")
     log.info("store open at %s (synchronous=%s)", app[SETTINGS].database.url, app[SETTINGS].database.synchronous)
     try:
         yield
     finally:
+        await worker.stop(app[SETTINGS].delivery.timeout)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

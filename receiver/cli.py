@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import logging
+import logging.handlers
+import queue
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from aiohttp import web
+from pydantic import ValidationError
 
+from notifiers.config import check_notifiers, load_notifiers
+from notifiers.redaction import RedactingFilter, Redactor
+from notifiers.render import render
+from notifiers.rules import match
+from notifiers.targets import send
 from receiver.app import SERVER_OPTIONS, create_app
+from receiver.models import Job
 from receiver.settings import ConfigError, Settings, load_settings
+from receiver.validation import field_problems
 
 log = logging.getLogger("jobhook")
 
-EXIT_CONFIG = 2
+EXIT_OK, EXIT_NO_MATCH, EXIT_CONFIG = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,18 +44,18 @@ def _parser() -> argparse.ArgumentParser:
         )
         return sub
 
-    command("serve", "run the receiver and the outbox worker")
-    command("check-config", "validate the configuration; exit 0 if usable, 2 with one line per problem")
+    command("serve", "run the receiver and the delivery worker")
+    command("check-config", "validate everything, apprise URLs included; exit 0, or 2 with one line per problem")
+    command(
+        "test-rule", "show which rules and targets a job payload would notify, and the messages (sends nothing)"
+    ).add_argument("payload", metavar="PAYLOAD.json", help="a job object as Bytescale sends it")
+    command("send-test", "send a test message to one target and report the result").add_argument(
+        "target", metavar="TARGET", help="a target name from the configuration"
+    )
     return parser
 
 
-def _load(args: argparse.Namespace) -> Settings:
-    settings, path = load_settings(args.config)
-    log.info("configuration: %s", path or "built-in defaults")
-    return settings
-
-
-def _serve(settings: Settings) -> int:
+def _serve(settings: Settings, source: str) -> int:
     if settings.auth.mode != "none":
         log.error(
             "auth.mode %s: signature and token checks are not available in this version; "
@@ -57,9 +70,12 @@ def _serve(settings: Settings) -> int:
             settings.server.host,
         )
         return EXIT_CONFIG
+    log.info("configuration: %s", source)
     log.warning("auth.mode none: callbacks are accepted without authentication (loopback only)")
+    app = create_app(settings, load_notifiers(settings, source))
+    log.info("listening on http://%s:%d", settings.server.host, settings.server.port)
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.server.host,
         port=settings.server.port,
         access_log=None,
@@ -68,24 +84,105 @@ def _serve(settings: Settings) -> int:
         **SERVER_OPTIONS,
     )
     log.info("stopped")
-    return 0
+    return EXIT_OK
+
+
+def _check_config(settings: Settings, source: str) -> int:
+    _, problems = check_notifiers(settings)
+    if problems:
+        raise ConfigError(source, problems)
+    print("configuration ok")
+    return EXIT_OK
+
+
+def _test_rule(settings: Settings, source: str, payload: str) -> int:
+    notifiers = load_notifiers(settings, source)
+    try:
+        raw = Path(payload).read_bytes()
+        job = Job.model_validate_json(raw)
+    except OSError as exc:
+        print(f"{payload}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ValidationError as exc:
+        for problem in field_problems(exc, echo_input=True):
+            print(f"{payload}: {problem['field']}: {problem['message']}", file=sys.stderr)
+        return EXIT_CONFIG
+    pairs = match(notifiers.rules, job)
+    if not pairs:
+        print(f"no rule matches {job.jobType} {job.jobId} with status {job.status}: nothing would be sent")
+        return EXIT_NO_MATCH
+    job_data = json.loads(raw)
+    for rule, target in pairs:
+        message = render(rule, job_data, None)
+        print(f"rule {rule.name} -> target {target} ({message.notify_type})")
+        print(f"  title: {message.title}")
+        for line in message.body.splitlines():
+            print(f"  | {line}")
+    return EXIT_OK
+
+
+def _send_test(settings: Settings, source: str, target_name: str) -> int:
+    notifiers = load_notifiers(settings, source)
+    target = notifiers.targets.get(target_name)
+    if target is None:
+        known = ", ".join(sorted(notifiers.targets)) or "(none)"
+        print(f"unknown target {target_name!r}; configured: {known}", file=sys.stderr)
+        return EXIT_CONFIG
+    result = asyncio.run(
+        send(
+            target,
+            title="jobhook test message",
+            notify_type="info",
+            timeout=settings.delivery.timeout,
+            body=f"This is a test of target **{target_name}** from `jobhook send-test`.",
+            redactor=notifiers.redactor,
+        )
+    )
+    if result.ok:
+        print(f"sent to {target_name} in {result.elapsed:.2f} s")
+        return EXIT_OK
+    print(f"sending to {target_name} failed: {result.error}", file=sys.stderr)
+    return EXIT_NO_MATCH
+
+
+def _configure_logging(level: str) -> tuple[logging.Handler, Callable[[], None]]:
+    """Log records are written to stderr by a background thread, so logging never blocks the event loop.
+
+    apprise's own logger is silenced: it prints URLs with their credentials half masked, and every
+    send failure already reaches our log, redacted, through the delivery worker.
+    """
+    logging.getLogger("apprise").setLevel(logging.CRITICAL)
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    listener = logging.handlers.QueueListener(records, handler)
+    enqueue = logging.handlers.QueueHandler(records)
+    enqueue.setFormatter(logging.Formatter("%(message)s"))  # the listener's handler adds time, level, name
+    logging.basicConfig(level=level, handlers=[enqueue])
+    listener.start()
+    return enqueue, listener.stop
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    log_handler, stop_logging = _configure_logging(args.log_level)
     try:
-        settings = _load(args)
+        settings, path = load_settings(args.config)
+        log_handler.addFilter(RedactingFilter(Redactor.from_settings(settings)))
+        source = str(path) if path else "built-in defaults"
+        if args.command == "check-config":
+            return _check_config(settings, source)
+        if args.command == "test-rule":
+            return _test_rule(settings, source, args.payload)
+        if args.command == "send-test":
+            return _send_test(settings, source, args.target)
+        return _serve(settings, source)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"{exc.source}: {problem['field']}: {problem['message']}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.command == "check-config":
-        print("configuration ok")
-        return 0
-    return _serve(settings)
+    finally:
+        stop_logging()
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from notifiers.log_worker import OutboxLogWorker
+from notifiers.config import NotifierConfig
+from notifiers.worker import DeliveryWorker
 from receiver.settings import Settings
 from receiver.store import Store
 
 SETTINGS = web.AppKey("settings", Settings)
+NOTIFIERS = web.AppKey("notifiers", NotifierConfig)
 STORE = web.AppKey("store", Store)
-WORKER = web.AppKey("worker", OutboxLogWorker)
+WORKER = web.AppKey("worker", DeliveryWorker)

@@ -32,6 +32,16 @@ class JobStatus(StrEnum):
 
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
+
+class NotificationState(StrEnum):
+    """A delivery (one rule x target for one transition) moves pending -> sent, or retrying ... -> dead."""
+
+    PENDING = "pending"
+    RETRYING = "retrying"
+    SENT = "sent"
+    DEAD = "dead"
+
+
 EpochMs = Annotated[int, Field(ge=0, le=MAX_EPOCH_MS)]
 
 

@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from receiver.durations import parse_duration
 from receiver.validation import FieldProblem, dotted_path, field_problems
@@ -110,6 +119,9 @@ class SourcesSettings(_Section):
     bytescale: BytescaleSource | list[BytescaleSource] = []
 
 
+CONSOLE_TARGET = "console"
+
+
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -120,6 +132,12 @@ class Settings(_Section):
     delivery: DeliverySettings = DeliverySettings()
     retention: RetentionSettings = RetentionSettings()
     sources: SourcesSettings = SourcesSettings()
+
+    @model_validator(mode="after")
+    def _console_is_built_in(self) -> Settings:
+        # The console target exists even when `targets` does not list it: it is the default.
+        self.targets.setdefault(CONSOLE_TARGET, "console://")
+        return self
 
 
 class ConfigError(Exception):

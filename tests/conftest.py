@@ -20,7 +20,10 @@ MakeClient = Callable[..., Awaitable[AppClient]]
 def make_settings(db_path: Path, **sections: Any) -> Settings:
     data: dict[str, Any] = {"database": {"url": f"sqlite:///{db_path}", "synchronous": "full"}}
     for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
+        if isinstance(values, dict):
+            data.setdefault(name, {}).update(values)
+        else:
+            data[name] = values
     return Settings.model_validate(data)
 
 

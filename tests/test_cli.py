@@ -37,13 +37,13 @@ def post(port: int, payload: object) -> tuple[int, dict[str, object]]:
         return resp.status, json.loads(resp.read())
 
 
-def wait_until_processed(db: Path) -> None:
+def wait_until_delivered(db: Path) -> None:
     for _ in range(200):
         with sqlite3.connect(db) as conn:
-            if conn.execute("SELECT count(*) FROM outbox WHERE processed_at IS NULL").fetchone() == (0,):
+            if conn.execute("SELECT count(*) FROM deliveries WHERE state = 'sent'").fetchone() == (1,):
                 return
         time.sleep(0.05)
-    raise TimeoutError("the outbox worker did not process the transition")
+    raise TimeoutError("the delivery worker did not send the transition")
 
 
 def test_check_config_ok_and_problems(tmp_path: Path) -> None:
@@ -82,7 +82,7 @@ def test_serve_acknowledges_durably_and_stops_cleanly_on_sigterm(tmp_path: Path)
         )
         running = job(status="Running")
         assert post(port, running)[0] == 202
-        wait_until_processed(tmp_path / "data" / "jobhook.db")
+        wait_until_delivered(tmp_path / "data" / "jobhook.db")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -92,4 +92,83 @@ def test_serve_acknowledges_durably_and_stops_cleanly_on_sigterm(tmp_path: Path)
     assert stored == {SEED_EXAMPLE["jobId"], running["jobId"]}
     text = log.read_text()
     assert "auth.mode none" in text
-    assert "Cancelled" in text  # the outbox worker logged the terminal transition
+    assert f"Cancelled: DeleteFileBatchJob {SEED_EXAMPLE['jobId']}" in text  # the console target
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_check_config_rejects_bad_urls_rules_and_templates_without_leaking(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "c.yaml",
+        (
+            "targets:\n"
+            "  ops: slakc://Pl4ntedS3cret/B/C\n"
+            "  mail: mailto://user:Pl4ntedS3cret@127.0.0.1:2525?from=jobs@example.com&to=a@example.com\n"
+            "rules:\n"
+            "  - match: {status: Faild}\n"
+            "    notify: [ops, pager]\n"
+            "    title: '{{ job.jobId '\n"
+        ),
+    )
+    result = jobhook("check-config", "--config", str(config))
+    assert result.returncode == 2
+    fields = [line.split(": ")[1] for line in result.stderr.strip().splitlines()]
+    assert fields == ["targets.ops", "rules[0].notify", "rules[0].match.status", "rules[0].title"]
+    assert "Pl4ntedS3cret" not in result.stdout + result.stderr
+
+
+def test_test_rule_exit_codes_and_rendered_message(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "c.yaml",
+        (
+            "rules:\n"
+            "  - name: failed-jobs\n"
+            "    match: {status: Failed}\n"
+            "    notify: console\n"
+            "    title: '{{ job.jobType }} {{ job.jobId }} failed'\n"
+        ),
+    )
+    failed = write(tmp_path / "failed.json", json.dumps(job(status="Failed", error={"code": "boom", "message": "m"})))
+    result = jobhook("test-rule", "--config", str(config), str(failed))
+    assert result.returncode == 0, result.stderr
+    assert "rule failed-jobs -> target console (failure)" in result.stdout
+    assert "title: CopyFileBatchJob" in result.stdout
+
+    running = write(tmp_path / "running.json", json.dumps(job(status="Running")))
+    result = jobhook("test-rule", "--config", str(config), str(running))
+    assert result.returncode == 1
+    assert "no rule matches" in result.stdout
+
+    bad = write(tmp_path / "bad.json", json.dumps(job(status="Done")))
+    result = jobhook("test-rule", "--config", str(config), str(bad))
+    assert result.returncode == 2
+    assert "status" in result.stderr
+
+
+def test_send_test_reports_success_and_redacted_failure(tmp_path: Path) -> None:
+    down = serve.free_port()
+    config = write(
+        tmp_path / "c.yaml",
+        (
+            "delivery: {timeout: 5s}\n"
+            "targets:\n"
+            f"  down: 'json://user:Pl4ntedS3cret@127.0.0.1:{down}/hook?+X-Api-Key=Pl4ntedK3y'\n"
+        ),
+    )
+    ok = jobhook("send-test", "--config", str(config), "console")
+    assert ok.returncode == 0, ok.stderr
+    assert "sent to console" in ok.stdout
+    assert "jobhook test message" in ok.stderr  # the console target logs it
+
+    failed = jobhook("send-test", "--config", str(config), "down")
+    assert failed.returncode == 1
+    assert "sending to down failed" in failed.stderr
+    output = failed.stdout + failed.stderr
+    assert "Pl4ntedS3cret" not in output and "Pl4ntedK3y" not in output
+
+    unknown = jobhook("send-test", "--config", str(config), "nope")
+    assert unknown.returncode == 2
+    assert "configured: console, down" in unknown.stderr

@@ -57,4 +57,37 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        "0002_deliveries",
+        """
+        CREATE TABLE deliveries (
+            id              INTEGER PRIMARY KEY,
+            outbox_id       INTEGER NOT NULL REFERENCES outbox (id),
+            job_id          TEXT    NOT NULL,
+            status          TEXT    NOT NULL,
+            rule            TEXT    NOT NULL,
+            target          TEXT    NOT NULL,
+            title           TEXT    NOT NULL,
+            body            TEXT    NOT NULL,
+            notify_type     TEXT    NOT NULL,
+            state           TEXT    NOT NULL,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at INTEGER,
+            lease_until     INTEGER,
+            created_at      INTEGER NOT NULL,
+            sent_at         INTEGER,
+            UNIQUE (outbox_id, rule, target)
+        );
+        CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state IN ('pending', 'retrying');
+        CREATE INDEX deliveries_job ON deliveries (job_id);
+        CREATE TABLE delivery_attempts (
+            id          INTEGER PRIMARY KEY,
+            delivery_id INTEGER NOT NULL REFERENCES deliveries (id),
+            at          INTEGER NOT NULL,
+            ok          INTEGER NOT NULL,
+            error       TEXT
+        );
+        CREATE INDEX delivery_attempts_delivery ON delivery_attempts (delivery_id);
+        """,
+    ),
 )

@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from receiver.store import deliveries
 from receiver.store.base import EventRow, Ingested, OutboxItem
+from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
 from receiver.store.schema import MIGRATIONS, Migration
 from receiver.store.transitions import Position, decide
 from receiver.store.writer import GroupCommitWriter, StoreUnavailable
@@ -229,14 +231,27 @@ class SqliteStore:
             raise StoreUnavailable(str(exc)) from exc
         return [OutboxItem(*row) for row in rows]
 
-    async def mark_processed(self, outbox_ids: Sequence[int]) -> None:
-        now = _now_ms()
-        await self.writer.call(
-            lambda conn: conn.executemany(
-                "UPDATE outbox SET processed_at = ? WHERE id = ? AND processed_at IS NULL",
-                [(now, i) for i in outbox_ids],
+    async def expand_outbox(self, outbox_ids: Sequence[int], planned: Sequence[NewDelivery], now: int) -> int:
+        return await self.writer.call(lambda conn: deliveries.expand(conn, outbox_ids, planned, now))
+
+    async def claim_due(self, now: int, lease_ms: int, limit: int) -> list[ClaimedDelivery]:
+        return await self.writer.call(lambda conn: deliveries.claim_due(conn, now, lease_ms, limit))
+
+    async def record_outcomes(self, outcomes: Sequence[Outcome], now: int) -> None:
+        await self.writer.call(lambda conn: deliveries.record(conn, outcomes, now))
+
+    async def redeliver(self, delivery_ids: Sequence[int], now: int) -> int:
+        return await self.writer.call(lambda conn: deliveries.redeliver(conn, delivery_ids, now))
+
+    async def next_due(self) -> int | None:
+        try:
+            cursor = await self.reader.execute(
+                "SELECT min(next_attempt_at) FROM deliveries WHERE state IN ('pending', 'retrying')"
             )
-        )
+            row = await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return int(row[0]) if row and row[0] is not None else None
 
 
 def _fsync_path(path: Path) -> None:

@@ -1,0 +1,186 @@
+"""The delivery worker: the pipeline from outbox row to delivered message, in one screen.
+
+    expand: outbox row -> rules x targets -> rendered deliveries (one transaction, exactly once)
+    claim:  due deliveries, leased so that a crashed process's claims return after `delivery.lease`
+    send:   one fresh apprise object per send, bounded concurrency, per-send timeout
+    record: attempt + sent | retrying (backoff with jitter) | dead
+
+It never blocks the event loop: store calls go through the writer thread or aiosqlite, apprise
+sends run in apprise's threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from notifiers.redaction import Redactor
+from notifiers.render import render
+from notifiers.retry import RetryPolicy
+from notifiers.rules import CompiledRule, match
+from notifiers.targets import SendResult, Target, send
+from receiver.models import Job
+from receiver.store import OutboxItem, Store, StoreUnavailable
+from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
+
+log = logging.getLogger("jobhook.worker")
+
+EXPAND_BATCH = 200
+IDLE_POLL_SECONDS = 1.0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def plan_deliveries(item: OutboxItem, rules: Sequence[CompiledRule]) -> list[NewDelivery]:
+    """Pure: which (rule, target) pairs a transition fires, with each message rendered."""
+    job_data = json.loads(item.body)
+    job = Job.model_validate_json(item.body)
+    planned = []
+    for rule, target in match(rules, job):
+        message = render(rule, job_data, item.previous_status)
+        planned.append(
+            NewDelivery(
+                item.id, item.job_id, item.status, rule.name, target, message.title, message.body, message.notify_type
+            )
+        )
+    return planned
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        store: Store,
+        rules: Sequence[CompiledRule],
+        targets: Mapping[str, Target],
+        policy: RetryPolicy,
+        *,
+        concurrency: int,
+        timeout: float,
+        lease: float,
+        redactor: Redactor,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self._store = store
+        self._rules = rules
+        self._targets = targets
+        self._policy = policy
+        self._concurrency = concurrency
+        self._timeout = timeout
+        self._lease_ms = int(lease * 1000)
+        self._redactor = redactor
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self.running = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        self.running = True
+        try:
+            while not self._stopping:
+                try:
+                    await self._expand()
+                    await self._claim_and_send()
+                    wait = await self._seconds_until_due()
+                except StoreUnavailable as exc:
+                    log.warning("delivery worker cannot use the store (%s); retrying", exc)
+                    wait = IDLE_POLL_SECONDS
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+        finally:
+            self.running = False
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; let sends in flight finish for up to `grace` seconds; their leases cover the rest."""
+        self._stopping = True
+        self._wake.set()
+        if self._in_flight:
+            _, pending = await asyncio.wait(self._in_flight, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("%d sends unfinished at shutdown; they are retried once their lease expires", len(pending))
+
+    # --- stages --------------------------------------------------------------------------------
+    async def _expand(self) -> None:
+        while True:
+            items = await self._store.unprocessed_outbox(EXPAND_BATCH)
+            if not items:
+                return
+            planned = [delivery for item in items for delivery in self._plan(item)]
+            created = await self._store.expand_outbox([item.id for item in items], planned, self._clock())
+            log.debug("expanded %d transitions into %d deliveries", len(items), created)
+            if len(items) < EXPAND_BATCH:
+                return
+
+    def _plan(self, item: OutboxItem) -> list[NewDelivery]:
+        try:
+            return plan_deliveries(item, self._rules)
+        except ValueError as exc:  # the body was validated at intake, so only a changed schema gets here
+            log.error("transition %d of job %s cannot be planned and is skipped: %s", item.id, item.job_id, exc)
+            return []
+
+    async def _claim_and_send(self) -> None:
+        free = self._concurrency - len(self._in_flight)
+        if free <= 0 or self._stopping:
+            return
+        for delivery in await self._store.claim_due(self._clock(), self._lease_ms, free):
+            task = asyncio.create_task(self._deliver(delivery), name=f"delivery-{delivery.id}")
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _seconds_until_due(self) -> float:
+        if len(self._in_flight) >= self._concurrency:
+            return IDLE_POLL_SECONDS  # a finishing send wakes us
+        due = await self._store.next_due()
+        if due is None:
+            return IDLE_POLL_SECONDS
+        return min(IDLE_POLL_SECONDS, max(0.0, (due - self._clock()) / 1000))
+
+    async def _deliver(self, delivery: ClaimedDelivery) -> None:
+        result = await self._send(delivery)
+        attempts = delivery.attempts + 1
+        if result.ok:
+            outcome = Outcome(delivery.id, True, None, None)
+        else:
+            delay = self._policy.delay_after(attempts) if result.retryable else None
+            next_at = None if delay is None else self._clock() + int(delay * 1000)
+            outcome = Outcome(delivery.id, False, result.error, next_at)
+            log.warning(
+                "delivery %d to %s failed (attempt %d): %s; %s",
+                delivery.id,
+                delivery.target,
+                attempts,
+                result.error,
+                "dead" if next_at is None else f"retry in {delay:.0f} s",
+            )
+        try:
+            await self._store.record_outcomes([outcome], self._clock())
+        except StoreUnavailable as exc:
+            log.warning("could not record delivery %d (%s); its lease will expire and it is retried", delivery.id, exc)
+        self._wake.set()
+
+    async def _send(self, delivery: ClaimedDelivery) -> SendResult:
+        target = self._targets.get(delivery.target)
+        if target is None:
+            return SendResult(
+                ok=False, error=f"target {delivery.target!r} is no longer configured", retryable=False, elapsed=0.0
+            )
+        return await send(
+            target,
+            title=delivery.title,
+            body=delivery.body,
+            notify_type=delivery.notify_type,
+            timeout=self._timeout,
+            redactor=self._redactor,
+        )
