@@ -223,6 +223,17 @@ def bare(name: str, args: argparse.Namespace, tmp: Path) -> Run:
     return Run(name, measured, acked, server_problems=server_problems(log))
 
 
+def jobhook_command(config: Path) -> list[str]:
+    """`jobhook serve --config CONFIG`, with the jobhook next to this Python (the venv's) if there is one."""
+    executable = Path(sys.executable).parent / "jobhook"
+    return [
+        str(executable) if executable.exists() else shutil.which("jobhook") or "jobhook",
+        "serve",
+        "--config",
+        str(config),
+    ]
+
+
 def jobhook(synchronous: str, terminal_percent: int, args: argparse.Namespace, tmp: Path) -> Run:
     mix = f"{terminal_percent}% terminal" if terminal_percent else "non-terminal"
     name = f"jobhook {synchronous} ({mix})"
@@ -235,15 +246,8 @@ def jobhook(synchronous: str, terminal_percent: int, args: argparse.Namespace, t
         f'database: {{url: "sqlite:///{db}", synchronous: {synchronous}}}\n'
         "auth: {mode: none}\n"
     )
-    executable = Path(sys.executable).parent / "jobhook"
-    command = [
-        str(executable) if executable.exists() else shutil.which("jobhook") or "jobhook",
-        "serve",
-        "--config",
-        str(config),
-    ]
     log = run_dir / f"{slug(name)}.stderr"
-    with server(command, port, log, run_dir):
+    with server(jobhook_command(config), port, log, run_dir):
         measured, acked = load(name, port, args, terminal_percent)
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
@@ -343,12 +347,16 @@ figures below.
 """
 
 
-def write_readme(body: str) -> None:
+def write_readme(body: str, start: str = START, end: str = END, section: str = "") -> None:
+    """Replace what is between the `start` and `end` markers of bench/README.md with `body`.
+
+    Markers that are missing are appended at the end of the file, after `section` (a heading and prose).
+    """
     text = README.read_text() if README.exists() else INTRO
-    if START not in text or END not in text:
-        text = text.rstrip("\n") + f"\n\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    README.write_text(f"{head}{START}\n{body}\n{END}{rest.split(END, 1)[1]}")
+    if start not in text or end not in text:
+        text = text.rstrip("\n") + f"\n\n{section}{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    README.write_text(f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}")
     progress(f"wrote {README.relative_to(ROOT)}")
 
 

@@ -12,11 +12,12 @@ from aiohttp import web
 
 from notifiers.config import NotifierConfig, load_notifiers
 from notifiers.worker import DeliveryWorker
+from receiver.auth import build_authenticator
 from receiver.errors import add_fallback_routes, enveloped
 from receiver.health import healthz, readyz
 from receiver.intake import JobIntake
 from receiver.keys import NOTIFIERS, SETTINGS, STORE, WORKER
-from receiver.settings import Settings
+from receiver.settings import ConfigError, Settings
 from receiver.store.sqlite import SqliteStore, sqlite_path
 
 log = logging.getLogger("jobhook")
@@ -49,7 +50,10 @@ def create_worker(store: SqliteStore, settings: Settings, notifiers: NotifierCon
 
 
 def create_app(settings: Settings, notifiers: NotifierConfig | None = None) -> web.Application:
-    """Raises ConfigError when rules or targets are unusable."""
+    """Raises ConfigError when authentication, rules or targets are unusable."""
+    authenticator, problems = build_authenticator(settings)
+    if problems:
+        raise ConfigError("config", problems)
     notifiers = notifiers or load_notifiers(settings)
     store = create_store(settings, notifiers.notify_statuses)
     worker = create_worker(store, settings, notifiers)
@@ -58,7 +62,7 @@ def create_app(settings: Settings, notifiers: NotifierConfig | None = None) -> w
     app[NOTIFIERS] = notifiers
     app[STORE] = store
     app[WORKER] = worker
-    intake = JobIntake(store, settings.server.max_body_bytes, worker.wake)
+    intake = JobIntake(store, settings.server.max_body_bytes, worker.wake, authenticator)
     app.cleanup_ctx.append(_store_and_worker)
     app.router.add_post("/webhooks/jobs", intake.receive)
     app.router.add_get("/healthz", enveloped(healthz))

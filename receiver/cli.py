@@ -21,6 +21,7 @@ from notifiers.render import render
 from notifiers.rules import match
 from notifiers.targets import send
 from receiver.app import SERVER_OPTIONS, create_app
+from receiver.auth import build_authenticator
 from receiver.models import Job
 from receiver.settings import ConfigError, Settings, load_settings
 from receiver.validation import field_problems
@@ -56,24 +57,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(settings: Settings, source: str) -> int:
-    if settings.auth.mode != "none":
-        log.error(
-            "auth.mode %s: signature and token checks are not available in this version; "
-            "set auth.mode: none (loopback only) to run",
-            settings.auth.mode,
-        )
-        return EXIT_CONFIG
-    if not settings.server.is_loopback:
-        log.error(
-            "server.host %s is not a loopback address: refusing to accept unauthenticated callbacks "
-            "from the network (auth.mode is none)",
-            settings.server.host,
-        )
-        return EXIT_CONFIG
     log.info("configuration: %s", source)
-    log.warning("auth.mode none: callbacks are accepted without authentication (loopback only)")
+    _, problems = build_authenticator(settings)
+    if problems:
+        raise ConfigError(source, problems)
+    if settings.auth.mode == "none":
+        log.warning("auth.mode none: callbacks are accepted without authentication (loopback only)")
     app = create_app(settings, load_notifiers(settings, source))
-    log.info("listening on http://%s:%d", settings.server.host, settings.server.port)
+    log.info("listening on http://%s:%d (auth.mode %s)", settings.server.host, settings.server.port, settings.auth.mode)
     web.run_app(
         app,
         host=settings.server.host,
@@ -88,7 +79,9 @@ def _serve(settings: Settings, source: str) -> int:
 
 
 def _check_config(settings: Settings, source: str) -> int:
+    _, auth_problems = build_authenticator(settings)
     _, problems = check_notifiers(settings)
+    problems = auth_problems + problems
     if problems:
         raise ConfigError(source, problems)
     print("configuration ok")

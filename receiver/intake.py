@@ -13,6 +13,7 @@ from collections.abc import Callable
 from aiohttp import web
 from pydantic import ValidationError
 
+from receiver.auth import Authenticator, AuthFailed
 from receiver.errors import error_response, internal_error
 from receiver.models import Job
 from receiver.store import EventRow, Ingested, Store, StoreUnavailable
@@ -29,12 +30,15 @@ def is_json_media_type(mime: str) -> bool:
 
 
 class JobIntake:
-    """Receives job callbacks; `on_transition` wakes the outbox worker after a committed transition."""
+    """Receives job callbacks; `on_transition` wakes the delivery worker after a committed transition."""
 
-    def __init__(self, store: Store, max_body_bytes: int, on_transition: Callable[[], None]) -> None:
+    def __init__(
+        self, store: Store, max_body_bytes: int, on_transition: Callable[[], None], auth: Authenticator | None
+    ) -> None:
         self._store = store
         self._limit = max_body_bytes
         self._on_transition = on_transition
+        self._auth = auth
 
     async def receive(self, request: web.Request) -> web.Response:
         try:
@@ -44,6 +48,12 @@ class JobIntake:
             return internal_error()
 
     async def _receive(self, request: web.Request) -> web.Response:
+        auth = self._auth
+        if auth is not None:  # headers first: an unauthenticated body is never read
+            try:
+                auth.check_headers(request.headers)
+            except AuthFailed as exc:
+                return _unauthorized(exc)
         content_type = request.headers.get("Content-Type")
         if content_type not in (None, "application/json") and not is_json_media_type(request.content_type):
             return error_response(
@@ -63,6 +73,12 @@ class JobIntake:
             except web.HTTPRequestEntityTooLarge:
                 return self._too_large()
 
+        message_id = None
+        if auth is not None:
+            try:
+                message_id = auth.check_body(request.headers, body)
+            except AuthFailed as exc:
+                return _unauthorized(exc)
         try:
             job = Job.model_validate_json(body)
             text = body.decode()
@@ -80,6 +96,8 @@ class JobIntake:
                 f"the event could not be stored ({exc}); retry later",
                 headers={"Retry-After": RETRY_AFTER_SECONDS},
             )
+        if auth is not None:
+            auth.accepted(message_id)
         if outcome is Ingested.DUPLICATE:
             return web.Response(
                 status=200,
@@ -98,6 +116,10 @@ class JobIntake:
         response = error_response(413, "payload_too_large", f"request body exceeds {self._limit} bytes")
         response.force_close()
         return response
+
+
+def _unauthorized(exc: AuthFailed) -> web.Response:
+    return error_response(401, "unauthorized", f"authentication failed: {exc}")
 
 
 def _invalid(exc: ValidationError) -> web.Response:

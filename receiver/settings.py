@@ -67,7 +67,8 @@ class DatabaseSettings(_Section):
 
 
 class AuthSettings(_Section):
-    mode: Literal["standard-webhooks", "token", "none"] = "none"
+    # No default: a configuration must say how callbacks are authenticated (fail closed).
+    mode: Literal["standard-webhooks", "token", "none"] | None = None
     secrets: list[SecretStr] = []
     tolerance_seconds: int = Field(300, ge=1)
 
@@ -138,6 +139,10 @@ class Settings(_Section):
         # The console target exists even when `targets` does not list it: it is the default.
         self.targets.setdefault(CONSOLE_TARGET, "console://")
         return self
+
+
+# With no configuration file at all, jobhook runs for a quick local try: loopback, no authentication.
+BUILT_IN_DEFAULTS = Settings(auth=AuthSettings(mode="none"))
 
 
 class ConfigError(Exception):
@@ -220,7 +225,7 @@ def load_settings(explicit: str | None = None, env: Mapping[str, str] | None = N
     env = os.environ if env is None else env
     path = resolve_config_path(explicit, env)
     if path is None:
-        return Settings(), None
+        return BUILT_IN_DEFAULTS, None
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,10 @@ MakeClient = Callable[..., Awaitable[AppClient]]
 
 
 def make_settings(db_path: Path, **sections: Any) -> Settings:
-    data: dict[str, Any] = {"database": {"url": f"sqlite:///{db_path}", "synchronous": "full"}}
+    data: dict[str, Any] = {
+        "database": {"url": f"sqlite:///{db_path}", "synchronous": "full"},
+        "auth": {"mode": "none"},
+    }
     for name, values in sections.items():
         if isinstance(values, dict):
             data.setdefault(name, {}).update(values)
@@ -60,3 +65,32 @@ def db(db_path: Path) -> Iterator[Callable[[str], list[tuple[Any, ...]]]]:
     yield query
     for conn in connections:
         conn.close()
+
+
+@pytest.fixture
+def lock_holder(db_path: Path) -> Iterator[Any]:
+    """Another process holding the database's write lock: a real fault, not a mock."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def hold() -> subprocess.Popen[str]:
+        script = (
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
+            "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); sys.stdin.read()"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, str(db_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+        procs.append(proc)
+        return proc
+
+    yield hold
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def release(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.close()
+    proc.wait(timeout=10)

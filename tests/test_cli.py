@@ -104,6 +104,7 @@ def test_check_config_rejects_bad_urls_rules_and_templates_without_leaking(tmp_p
     config = write(
         tmp_path / "c.yaml",
         (
+            "auth: {mode: token, secrets: ['']}\n"
             "targets:\n"
             "  ops: slakc://Pl4ntedS3cret/B/C\n"
             "  mail: mailto://user:Pl4ntedS3cret@127.0.0.1:2525?from=jobs@example.com&to=a@example.com\n"
@@ -116,7 +117,7 @@ def test_check_config_rejects_bad_urls_rules_and_templates_without_leaking(tmp_p
     result = jobhook("check-config", "--config", str(config))
     assert result.returncode == 2
     fields = [line.split(": ")[1] for line in result.stderr.strip().splitlines()]
-    assert fields == ["targets.ops", "rules[0].notify", "rules[0].match.status", "rules[0].title"]
+    assert fields == ["auth.secrets[0]", "targets.ops", "rules[0].notify", "rules[0].match.status", "rules[0].title"]
     assert "Pl4ntedS3cret" not in result.stdout + result.stderr
 
 

@@ -7,6 +7,7 @@ import re
 import tomllib
 from pathlib import Path
 
+from receiver.auth import build_authenticator
 from receiver.settings import parse_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,6 +48,9 @@ def test_container_config_is_valid_and_on_the_volume() -> None:
     config_path = re.search(r"JOBHOOK_CONFIG=(\S+)", env)
     assert config_path is not None
     local = REPO / config_path.group(1).removeprefix("/app/")
-    settings = parse_settings(local.read_text(), {})
+    settings = parse_settings(local.read_text(), {"JOBHOOK_SECRET": "whsec_" + "QUJD" * 8})
     assert settings.database.url == "sqlite:////data/jobhook.db"
+    assert settings.server.host == "0.0.0.0" and settings.auth.mode == "standard-webhooks"
+    _, problems = build_authenticator(settings)
+    assert problems == []  # all interfaces, so only with authentication
     assert "/data" in instructions("VOLUME")[0]

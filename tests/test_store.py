@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +11,7 @@ import pytest
 
 from receiver.store.schema import MIGRATIONS, Migration
 from receiver.store.sqlite import apply_migrations
-from tests.conftest import AppClient, MakeClient
+from tests.conftest import AppClient, MakeClient, release
 from tests.jobs import job
 from tests.test_intake import assert_envelope, post
 
@@ -53,35 +50,6 @@ def test_failed_migration_rolls_back_entirely(tmp_path: Path) -> None:
     tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "t1" not in tables
     assert conn.execute("SELECT count(*) FROM _migrations WHERE name = '0099_broken'").fetchone() == (0,)
-
-
-@pytest.fixture
-def lock_holder(db_path: Path) -> Iterator[Any]:
-    """Another process holding the database's write lock: a real fault, not a mock."""
-    procs: list[subprocess.Popen[str]] = []
-
-    def hold() -> subprocess.Popen[str]:
-        script = (
-            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
-            "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); sys.stdin.read()"
-        )
-        proc = subprocess.Popen(
-            [sys.executable, "-c", script, str(db_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
-        procs.append(proc)
-        return proc
-
-    yield hold
-    for proc in procs:
-        proc.kill()
-        proc.wait()
-
-
-def release(proc: subprocess.Popen[str]) -> None:
-    assert proc.stdin is not None
-    proc.stdin.close()
-    proc.wait(timeout=10)
 
 
 async def test_locked_store_answers_503_then_recovers(make_client: MakeClient, lock_holder: Any, db: Any) -> None:
