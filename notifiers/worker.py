@@ -162,7 +162,7 @@ class DeliveryWorker:
                 delivery.target,
                 attempts,
                 result.error,
-                "dead" if next_at is None else f"retry in {delay:.0f} s",
+                "dead" if next_at is None else f"retry in {delay:.3g} s",
             )
         try:
             await self._store.record_outcomes([outcome], self._clock())

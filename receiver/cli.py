@@ -144,13 +144,14 @@ def _configure_logging(level: str) -> tuple[logging.Handler, Callable[[], None]]
     apprise's own logger is silenced: it prints URLs with their credentials half masked, and every
     send failure already reaches our log, redacted, through the delivery worker.
     """
-    logging.getLogger("apprise").setLevel(logging.CRITICAL)
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     listener = logging.handlers.QueueListener(records, handler)
     enqueue = logging.handlers.QueueHandler(records)
     enqueue.setFormatter(logging.Formatter("%(message)s"))  # the listener's handler adds time, level, name
+    # Dropped at our handler, not by level: apprise still captures its messages into each send's result.
+    enqueue.addFilter(lambda record: not record.name.startswith("apprise"))
     logging.basicConfig(level=level, handlers=[enqueue])
     listener.start()
     return enqueue, listener.stop
