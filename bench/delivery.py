@@ -139,6 +139,7 @@ class RateRun:
 class BusyRun:
     idle: Wrk
     idle_acked: int  # 2xx over warm-up + idle run
+    idle_deliveries: int  # requests at the sink during warm-up + idle run (the mix has no terminal status)
     backlog: int
     seed_seconds: float
     busy: Wrk
@@ -178,6 +179,8 @@ class BusyRun:
             problems.append(f"{c.sent:,} deliveries sent but the sink received {self.final.count:,}")
         if self.final.distinct != self.final.count:
             problems.append(f"{self.final.count - self.final.distinct:,} duplicate bodies at the sink")
+        if self.idle_deliveries:
+            problems.append(f"{self.idle_deliveries:,} notifications during the idle run")
         if not self.still_delivering:
             problems.append("the backlog did not outlast the busy run (raise --backlog)")
         return "ok" if not problems else "FAILED: " + "; ".join(problems)
@@ -340,6 +343,7 @@ def busy_vs_idle(args: argparse.Namespace, tmp: Path) -> BusyRun:
     with sink(run_dir) as sink_port:
         with jobhook(run_dir, sink_port) as (port, db, log):
             idle, idle_acked = load("ingest, worker idle", port, args, 0)
+            idle_deliveries = sink_stats(sink_port).count
             progress(f"seeding a backlog of {args.backlog:,} Failed jobs...")
             seed_seconds = post(port, args.backlog, "Failed jobs")
             at_start = sink_stats(sink_port)
@@ -356,6 +360,7 @@ def busy_vs_idle(args: argparse.Namespace, tmp: Path) -> BusyRun:
     run = BusyRun(
         idle,
         idle_acked,
+        idle_deliveries,
         args.backlog,
         seed_seconds,
         busy,
@@ -410,7 +415,7 @@ def tables(rate: RateRun, busy: BusyRun) -> str:
         "| run | events/s | ratio vs idle | p50 ms | p99 ms | non-2xx | deliveries during the run |",
         "|---|---:|---:|---:|---:|---:|---:|",
         f"| worker idle | {busy.idle.events_per_s:,.0f} | 1.00 | {busy.idle.p50_ms:.2f} | {busy.idle.p99_ms:.2f} | "
-        f"{non2xx(busy.idle)} | 0 |",
+        f"{non2xx(busy.idle)} | {busy.idle_deliveries:,} |",
         f"| worker busy | {busy.busy.events_per_s:,.0f} | {busy.ratio:.2f} | {busy.busy.p50_ms:.2f} | "
         f"{busy.busy.p99_ms:.2f} | {non2xx(busy.busy)} | {busy.during:,} ({busy.during / busy.busy_seconds:,.0f}/s) |",
         "",
@@ -450,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate = delivery_rate(args.jobs, tmp)
         busy = busy_vs_idle(args, tmp)
     command = (
-        f"python -m bench.delivery --jobs {args.jobs} --backlog {args.backlog} --duration {args.duration} "
+        f".venv/bin/python -m bench.delivery --jobs {args.jobs} --backlog {args.backlog} --duration {args.duration} "
         f"--connections {args.connections}"
     )
     report = f"{machine()}\n\n`{command}`\n\n{tables(rate, busy)}"
