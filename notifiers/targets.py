@@ -48,10 +48,10 @@ class SendResult:
     elapsed: float
 
 
-def _instantiate(url: str) -> apprise.NotifyBase | None:
+def _instantiate(url: str, asset: apprise.AppriseAsset | None = None) -> apprise.NotifyBase | None:
     """`Apprise.instantiate`, but never for a string without `scheme://`: apprise logs those verbatim at ERROR,
     and such a string may be a bare credential (a URL-shaped one is logged with its password masked)."""
-    return apprise.Apprise.instantiate(url) if _SCHEME.match(url) else None
+    return apprise.Apprise.instantiate(url, asset=asset) if _SCHEME.match(url) else None
 
 
 def url_problem(url: str) -> str | None:
@@ -91,6 +91,20 @@ def load_targets(settings: Settings) -> tuple[dict[str, Target], list[FieldProbl
     return targets, problems
 
 
+def _notify(target: Target, title: str, body: str, notify_type: str, body_format: str) -> apprise.AppriseResult | str:
+    """The blocking part of one send, for a worker thread: a fresh Apprise object, so no throttle is carried over."""
+    # service_timeout=0: our own timeout bounds the send, so apprise may call a single service inline
+    # instead of handing it to yet another thread.
+    asset = apprise.AppriseAsset(service_timeout=0)
+    ap = apprise.Apprise(asset=asset)
+    for index, url in enumerate(target.urls):
+        plugin = _instantiate(url, asset)
+        if plugin is None:
+            return f"target '{target.name}' URL #{index + 1}: {url_problem(url)}"
+        ap.add(plugin)
+    return ap.notify(title=title, body=body, notify_type=notify_type, body_format=body_format)
+
+
 async def send(
     target: Target,
     *,
@@ -110,20 +124,18 @@ async def send(
 
     if not target.urls:
         return outcome(False, f"target '{target.name}' has no URLs")
-    ap = apprise.Apprise()  # fresh per send: no throttle sleep carried over from the previous message
-    for index, url in enumerate(target.urls):
-        plugin = _instantiate(url)
-        if plugin is None:
-            return outcome(False, f"target '{target.name}' URL #{index + 1}: {url_problem(url)}")
-        ap.add(plugin)
     try:
-        result = await asyncio.wait_for(
-            ap.async_notify(title=title, body=body, notify_type=notify_type, body_format=body_format), timeout
+        # Building the Apprise object parses every URL and reads files; it runs in the thread with the send.
+        prepared = await asyncio.wait_for(
+            asyncio.to_thread(_notify, target, title, body, notify_type, body_format), timeout
         )
     except TimeoutError:
         return outcome(False, f"timed out after {timeout:g} s", retryable=True)
     except Exception as exc:  # apprise reports per-service failures in the result; this is anything else
         return outcome(False, f"{type(exc).__name__}: {exc}", retryable=True)
+    if isinstance(prepared, str):
+        return outcome(False, prepared)
+    result = prepared
     if result:
         return outcome(True)
 

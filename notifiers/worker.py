@@ -31,6 +31,12 @@ log = logging.getLogger("jobhook.worker")
 
 EXPAND_BATCH = 200
 IDLE_POLL_SECONDS = 1.0
+# Intake comes first: while callbacks arrive faster than this, at most one send is in flight and
+# sends are spaced by BUSY_PAUSE_SECONDS, so acknowledging events keeps the CPU (a send through
+# apprise costs ~1.5 ms of it). The backlog drains at full concurrency once intake calms down.
+BUSY_INTAKE_PER_SECOND = 2000.0
+BUSY_PAUSE_SECONDS = 0.04
+LOAD_SAMPLE_SECONDS = 0.25
 
 
 def now_ms() -> int:
@@ -64,6 +70,7 @@ class DeliveryWorker:
         timeout: float,
         lease: float,
         redactor: Redactor,
+        intake_load: Callable[[], int] = lambda: 0,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self._store = store
@@ -75,20 +82,32 @@ class DeliveryWorker:
         self._lease_ms = int(lease * 1000)
         self._redactor = redactor
         self._clock = clock
+        self._intake_load = intake_load
+        self._load_sample = (time.monotonic(), 0)
+        self._intake_busy = False
+        self._outbox_pending = True  # look once at startup: transitions may be waiting from before
+        self._expanded_at = 0.0
         self._wake = asyncio.Event()
         self._stopping = False
         self._in_flight: set[asyncio.Task[None]] = set()
         self.running = False
 
     def wake(self) -> None:
+        """A new transition is in the outbox (the intake calls this after committing one)."""
+        self._outbox_pending = True
         self._wake.set()
 
     async def run(self) -> None:
         self.running = True
         try:
             while not self._stopping:
+                if self._update_intake_busy():
+                    await asyncio.sleep(BUSY_PAUSE_SECONDS)
                 try:
-                    await self._expand()
+                    if self._outbox_pending or time.monotonic() - self._expanded_at >= IDLE_POLL_SECONDS:
+                        self._outbox_pending = False
+                        self._expanded_at = time.monotonic()
+                        await self._expand()
                     await self._claim_and_send()
                     wait = await self._seconds_until_due()
                 except StoreUnavailable as exc:
@@ -130,9 +149,19 @@ class DeliveryWorker:
             log.error("transition %d of job %s cannot be planned and is skipped: %s", item.id, item.job_id, exc)
             return []
 
+    def _update_intake_busy(self) -> bool:
+        now, count = time.monotonic(), self._intake_load()
+        then, before = self._load_sample
+        if now - then >= LOAD_SAMPLE_SECONDS:
+            self._intake_busy = (count - before) / (now - then) > BUSY_INTAKE_PER_SECOND
+            self._load_sample = (now, count)
+        return self._intake_busy
+
     async def _claim_and_send(self) -> None:
-        free = self._concurrency - len(self._in_flight)
-        if free <= 0 or self._stopping:
+        limit = 1 if self._intake_busy else self._concurrency
+        free = limit - len(self._in_flight)
+        # Claim in batches: topping up one slot at a time would cost a store round per send.
+        if self._stopping or free <= 0 or (self._in_flight and free < limit // 2):
             return
         for delivery in await self._store.claim_due(self._clock(), self._lease_ms, free):
             task = asyncio.create_task(self._deliver(delivery), name=f"delivery-{delivery.id}")
@@ -140,7 +169,7 @@ class DeliveryWorker:
             task.add_done_callback(self._in_flight.discard)
 
     async def _seconds_until_due(self) -> float:
-        if len(self._in_flight) >= self._concurrency:
+        if self._in_flight:
             return IDLE_POLL_SECONDS  # a finishing send wakes us
         due = await self._store.next_due()
         if due is None:
@@ -168,7 +197,7 @@ class DeliveryWorker:
             await self._store.record_outcomes([outcome], self._clock())
         except StoreUnavailable as exc:
             log.warning("could not record delivery %d (%s); its lease will expire and it is retried", delivery.id, exc)
-        self._wake.set()
+        self._wake.set()  # a slot is free (not `wake()`: nothing new in the outbox)
 
     async def _send(self, delivery: ClaimedDelivery) -> SendResult:
         target = self._targets.get(delivery.target)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -36,7 +37,9 @@ def create_store(settings: Settings, notify_statuses: frozenset[str]) -> SqliteS
     )
 
 
-def create_worker(store: SqliteStore, settings: Settings, notifiers: NotifierConfig) -> DeliveryWorker:
+def create_worker(
+    store: SqliteStore, settings: Settings, notifiers: NotifierConfig, intake_load: Callable[[], int]
+) -> DeliveryWorker:
     return DeliveryWorker(
         store,
         notifiers.rules,
@@ -46,6 +49,7 @@ def create_worker(store: SqliteStore, settings: Settings, notifiers: NotifierCon
         timeout=settings.delivery.timeout,
         lease=notifiers.lease,
         redactor=notifiers.redactor,
+        intake_load=intake_load,
     )
 
 
@@ -56,13 +60,13 @@ def create_app(settings: Settings, notifiers: NotifierConfig | None = None) -> w
         raise ConfigError("config", problems)
     notifiers = notifiers or load_notifiers(settings)
     store = create_store(settings, notifiers.notify_statuses)
-    worker = create_worker(store, settings, notifiers)
+    intake = JobIntake(store, settings.server.max_body_bytes, lambda: worker.wake(), authenticator)
+    worker = create_worker(store, settings, notifiers, intake.load)
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
     app[NOTIFIERS] = notifiers
     app[STORE] = store
     app[WORKER] = worker
-    intake = JobIntake(store, settings.server.max_body_bytes, worker.wake, authenticator)
     app.cleanup_ctx.append(_store_and_worker)
     app.router.add_post("/webhooks/jobs", intake.receive)
     app.router.add_get("/healthz", enveloped(healthz))
@@ -73,6 +77,9 @@ def create_app(settings: Settings, notifiers: NotifierConfig | None = None) -> w
 
 async def _store_and_worker(app: web.Application) -> AsyncIterator[None]:
     store, worker = app[STORE], app[WORKER]
+    # Sends run in the loop's default executor (asyncio.to_thread): size it for delivery.concurrency.
+    workers = app[SETTINGS].delivery.concurrency + 4
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, thread_name_prefix="jobhook-send"))
     await store.open()
     task = asyncio.create_task(worker.run(), name="delivery-worker")
     log.info("store open at %s (synchronous=%s)", app[SETTINGS].database.url, app[SETTINGS].database.synchronous)

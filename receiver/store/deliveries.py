@@ -67,11 +67,14 @@ def expand(conn: sqlite3.Connection, outbox_ids: Sequence[int], deliveries: Sequ
 
 def claim_due(conn: sqlite3.Connection, now: int, lease_ms: int, limit: int) -> list[ClaimedDelivery]:
     """Take up to `limit` due deliveries whose lease is free or expired (a crashed claimant's rows return)."""
+    # The states are literals, not parameters: only then can SQLite use the partial index deliveries_due
+    # instead of scanning every delivery ever sent.
     rows = conn.execute(
         """SELECT id, target, title, body, notify_type, attempts FROM deliveries
-           WHERE state IN (?, ?) AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until <= ?)
-           ORDER BY next_attempt_at, id LIMIT ?""",
-        (PENDING, RETRYING, now, now, limit),
+           WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ?
+             AND (lease_until IS NULL OR lease_until <= ?)
+           ORDER BY next_attempt_at LIMIT ?""",
+        (now, now, limit),
     ).fetchall()
     conn.executemany("UPDATE deliveries SET lease_until = ? WHERE id = ?", [(now + lease_ms, row[0]) for row in rows])
     return [ClaimedDelivery(*row) for row in rows]

@@ -1,8 +1,9 @@
 """The single SQLite writer: one thread, one connection, group commit.
 
-Requests hand their rows to `submit` on the event loop and await a future. The writer thread takes
-everything queued since its last commit, writes it in one transaction, commits (with
-`synchronous=FULL`, that includes the WAL fsync), then resolves the whole batch's futures with one
+Requests hand their rows to `submit` on the event loop and await a future; the delivery worker hands
+its writes to `call`. The writer thread takes everything queued since its last commit, writes it in
+one transaction (each call in a savepoint of its own), commits once (with `synchronous=FULL`, one
+WAL fsync for the whole round), then resolves every future of the round with one
 `call_soon_threadsafe`. No SQLite call ever runs on the loop's thread.
 
 (A separate flusher thread that fsyncs batch N while batch N+1 is written, and WAL checkpoints on
@@ -70,7 +71,7 @@ class GroupCommitWriter(Generic[Row, Result]):
         return future
 
     def call(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """Run `fn(conn)` in its own transaction on the writer thread."""
+        """Run `fn(conn)` on the writer thread, atomically (a savepoint), committed with the next round."""
         future: asyncio.Future[T] = self._loop.create_future()
         self._queue.put((_Call(fn), future))
         return future
@@ -85,16 +86,10 @@ class GroupCommitWriter(Generic[Row, Result]):
         stopping = False
         while not stopping:
             batch = self._take()
-            rows = [(item, fut) for item, fut in batch if item is not _STOP and not isinstance(item, _Call)]
-            settlements = [self._commit_rows(rows)] if rows else []
-            for item, fut in batch:
-                if isinstance(item, _Call):
-                    assert fut is not None
-                    settlements.append(self._run_call(item, fut))
-                elif item is _STOP:
-                    stopping = True
-            if settlements:
-                self._loop.call_soon_threadsafe(_settle_all, settlements)
+            stopping = any(item is _STOP for item, _ in batch)
+            work = [(item, fut) for item, fut in batch if item is not _STOP]
+            if work:
+                self._loop.call_soon_threadsafe(_settle_all, self._commit_round(work))
         self._close()
 
     def _take(self) -> list[tuple[Any, asyncio.Future[Any] | None]]:
@@ -106,35 +101,48 @@ class GroupCommitWriter(Generic[Row, Result]):
             pass
         return batch
 
-    def _commit_rows(self, rows: list[tuple[Any, Any]]) -> Settlement:
-        futures = [fut for _, fut in rows]
-        try:
-            results: list[Any] = self._in_transaction(lambda conn: self._write_batch(conn, [row for row, _ in rows]))
-        except sqlite3.Error as exc:
-            return futures, self._failed(exc)
-        return futures, results
+    def _commit_round(self, work: list[tuple[Any, Any]]) -> list[Settlement]:
+        """Everything queued, in ONE transaction and so one fsync: the rows, then each call in a savepoint.
 
-    def _run_call(self, call: _Call, fut: asyncio.Future[Any]) -> Settlement:
+        A failing call rolls back to its savepoint and fails alone; a failing commit fails everything.
+        """
+        rows = [(item, fut) for item, fut in work if not isinstance(item, _Call)]
+        calls = [(item, fut) for item, fut in work if isinstance(item, _Call)]
+        settlements: list[Settlement] = []
         try:
-            return [fut], [self._in_transaction(call.fn)]
+            if self._conn is None:
+                self._conn = self._connect()
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if rows:
+                    results: list[Any] = self._write_batch(conn, [row for row, _ in rows])
+                    settlements.append(([fut for _, fut in rows], results))
+                for call, fut in calls:
+                    settlements.append(([fut], self._in_savepoint(conn, call)))
+                conn.execute("COMMIT")
+            except BaseException:
+                self._rollback(conn)
+                raise
         except sqlite3.Error as exc:
-            return [fut], self._failed(exc)
-        except Exception as exc:  # a bug in the call: hand it to the awaiting caller
-            return [fut], exc
-
-    def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._conn is None:
-            self._conn = self._connect()
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            self._rollback(conn)
-            raise
+            error = self._failed(exc)
+            return [([fut for _, fut in work], error)]
         self.healthy = True
-        return result
+        return settlements
+
+    @staticmethod
+    def _in_savepoint(conn: sqlite3.Connection, call: _Call) -> list[Any] | BaseException:
+        conn.execute("SAVEPOINT call")
+        try:
+            result = call.fn(conn)
+        except sqlite3.OperationalError:
+            raise  # locked, read-only, disk full: the whole round fails and is answered 503
+        except Exception as exc:  # a bug or a constraint in this call: undo it alone
+            conn.execute("ROLLBACK TO call")
+            conn.execute("RELEASE call")
+            return exc
+        conn.execute("RELEASE call")
+        return [result]
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         try:
