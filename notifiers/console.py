@@ -8,6 +8,7 @@ imports this module, so `console://` is available wherever targets are loaded or
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -22,9 +23,13 @@ _SendFunc = Callable[..., bool]
 _register = cast(Callable[..., Callable[[_SendFunc], _SendFunc]], notify)
 
 
+_MARKDOWN = re.compile(r"\*\*|`|^\s*[-*] ", re.MULTILINE)
+
+
 def one_line(text: str, limit: int = MAX_BODY_CHARS) -> str:
-    """Whitespace (newlines included) collapsed to single spaces, cut at `limit` characters with an ellipsis."""
-    flat = " ".join(text.split())
+    """Markdown emphasis and bullets dropped, lines joined by ' · ', cut at `limit` characters with an ellipsis."""
+    lines = [" ".join(line.split()) for line in _MARKDOWN.sub("", text).splitlines()]
+    flat = " · ".join(line for line in lines if line)
     return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
 
 

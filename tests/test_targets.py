@@ -200,7 +200,7 @@ async def test_console_target_logs_one_line(caplog: pytest.LogCaptureFixture) ->
     records = [r for r in caplog.records if r.name == "jobhook.console"]
     assert [r.levelno for r in records] == [logging.WARNING, logging.INFO]
     line = records[0].getMessage()
-    assert line == f"[failure] {TITLE} — **quota_exceeded**: the account quota was exceeded"
+    assert line == f"[failure] {TITLE} — quota_exceeded: the account · quota was exceeded"  # markdown dropped
     assert "\n" not in line and records[1].getMessage().startswith("[success] ")
 
 
