@@ -1,0 +1,72 @@
+"""Who may use the operator surface (`/api/*` and `/`): the admin token holder, or loopback clients.
+
+With `admin.token` set, every request needs `Authorization: Bearer <token>` (compared in constant
+time); without it, only clients on a loopback address are answered. Behind a reverse proxy every
+client looks local, so set a token there.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+
+from aiohttp import web
+
+from receiver.errors import Handler, error_response, not_found
+
+
+def _is_loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
+
+
+def admin_problem(request: web.Request, token: str) -> web.Response | None:
+    """The refusal for this request, or None when it may proceed."""
+    if not token:
+        if _is_loopback(request.remote):
+            return None
+        return error_response(
+            403, "forbidden", "admin endpoints answer only loopback clients while admin.token is unset"
+        )
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if not header:
+        return error_response(401, "unauthorized", "missing Authorization header (expected: Bearer <admin token>)")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return error_response(401, "unauthorized", "wrong admin token")
+    return None
+
+
+def admin_only(handler: Handler, token: str) -> Handler:
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        return admin_problem(request, token) or await handler(request)
+
+    return guarded
+
+
+def create_api_app(token: str) -> web.Application:
+    """The `/api` sub-application: its middleware guards every route in it, and only those."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return admin_problem(request, token) or await handler(request)
+
+    api = web.Application(middlewares=[guard])
+    api.router.add_route("*", "/{path:.*}", not_found)  # the history API routes will be added before this
+    return api
+
+
+async def index(request: web.Request) -> web.Response:
+    """GET /: what this server offers (the dashboard will live here)."""
+    return web.json_response(
+        {
+            "service": "jobhook",
+            "endpoints": {
+                "intake": "POST /webhooks/jobs",
+                "liveness": "GET /healthz",
+                "readiness": "GET /readyz",
+            },
+        }
+    )
