@@ -61,7 +61,9 @@ def create_app(settings: Settings, notifiers: NotifierConfig | None = None) -> w
         raise ConfigError("config", problems)
     notifiers = notifiers or load_notifiers(settings)
     store = create_store(settings, notifiers.notify_statuses)
-    intake = JobIntake(store, settings.server.max_body_bytes, lambda: worker.wake(), authenticator)
+    intake = JobIntake(
+        store, settings.server.max_body_bytes, lambda: worker.wake(), authenticator, settings.server.read_timeout
+    )
     worker = create_worker(store, settings, notifiers, intake.load)
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings

@@ -12,7 +12,6 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from aiohttp import web
 from pydantic import ValidationError
 
 from notifiers.config import check_notifiers, load_notifiers
@@ -23,6 +22,7 @@ from notifiers.targets import send
 from receiver.app import SERVER_OPTIONS, create_app
 from receiver.auth import build_authenticator
 from receiver.models import Job
+from receiver.serving import serve_app
 from receiver.settings import ConfigError, Settings, load_settings
 from receiver.validation import field_problems
 
@@ -65,15 +65,7 @@ def _serve(settings: Settings, source: str) -> int:
         log.warning("auth.mode none: callbacks are accepted without authentication (loopback only)")
     app = create_app(settings, load_notifiers(settings, source))
     log.info("listening on http://%s:%d (auth.mode %s)", settings.server.host, settings.server.port, settings.auth.mode)
-    web.run_app(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        access_log=None,
-        shutdown_timeout=settings.delivery.timeout,
-        print=None,
-        **SERVER_OPTIONS,
-    )
+    asyncio.run(serve_app(app, settings, SERVER_OPTIONS))
     log.info("stopped")
     return EXIT_OK
 

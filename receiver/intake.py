@@ -7,6 +7,7 @@ the answer formatted from values the schema already constrained.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -33,10 +34,16 @@ class JobIntake:
     """Receives job callbacks; `on_transition` wakes the delivery worker after a committed transition."""
 
     def __init__(
-        self, store: Store, max_body_bytes: int, on_transition: Callable[[], None], auth: Authenticator | None
+        self,
+        store: Store,
+        max_body_bytes: int,
+        on_transition: Callable[[], None],
+        auth: Authenticator | None,
+        read_timeout: float = 10.0,
     ) -> None:
         self._store = store
         self._limit = max_body_bytes
+        self._read_timeout = read_timeout
         self._on_transition = on_transition
         self._auth = auth
         self.received = 0  # requests seen: the delivery worker reads it to give way to heavy intake
@@ -73,10 +80,14 @@ class JobIntake:
             if len(body) > self._limit:
                 return self._too_large()
         else:
-            try:
-                body = await request.read()  # bounded by the app's client_max_size
+            try:  # bounded in size by the app's client_max_size, and in time by server.read_timeout
+                body = await asyncio.wait_for(request.read(), self._read_timeout)
             except web.HTTPRequestEntityTooLarge:
                 return self._too_large()
+            except TimeoutError:
+                response = error_response(408, "request_timeout", f"body not received within {self._read_timeout:g} s")
+                response.force_close()
+                return response
 
         message_id = None
         if auth is not None:

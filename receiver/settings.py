@@ -40,6 +40,9 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(256 * 1024, ge=1, le=64 * 1024 * 1024)
+    idle_timeout: Duration = 15.0  # to send a complete request, and between requests on one connection
+    read_timeout: Duration = 10.0  # to send the body once the headers are in
+    max_connections: int = Field(1024, ge=1)
 
     @property
     def is_loopback(self) -> bool:
