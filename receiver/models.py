@@ -25,10 +25,6 @@ class JobStatus(StrEnum):
     FAILED = "Failed"
     CANCELLED = "Cancelled"
 
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL
-
 
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
