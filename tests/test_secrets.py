@@ -18,6 +18,7 @@ import pytest
 from tests import serve
 from tests.jobs import job
 
+LITERAL = "Lit3ral-planted-0005"  # written into the config file itself, not the environment
 SECRETS = {
     "JOBHOOK_TOKEN": "Tok3n-planted-0001",
     "JOBHOOK_ADMIN_TOKEN": "Adm1n-planted-0002",
@@ -28,7 +29,7 @@ SECRETS = {
 CONFIG = """
 server: {{host: 127.0.0.1, port: {port}}}
 database: {{url: 'sqlite:///{db}'}}
-auth: {{mode: token, secrets: ["${{JOBHOOK_TOKEN}}"]}}
+auth: {{mode: token, secrets: ["${{JOBHOOK_TOKEN}}", "{literal}"]}}
 admin: {{token: "${{JOBHOOK_ADMIN_TOKEN}}"}}
 targets:
   down: "json://ops:${{HOOK_PASSWORD}}@127.0.0.1:{down}/hook?+X-Api-Key=${{HOOK_HEADER}}"
@@ -59,7 +60,7 @@ def test_planted_secrets_appear_nowhere(tmp_path: Path) -> None:
     port, down = serve.free_port(), serve.free_port()
     db = tmp_path / "data" / "jobhook.db"
     config = tmp_path / "jobhook.yaml"
-    config.write_text(CONFIG.format(port=port, db=db, down=down))
+    config.write_text(CONFIG.format(port=port, db=db, down=down, literal=LITERAL))
     env = {**os.environ, **SECRETS, "PYTHONPATH": str(Path(__file__).parent.parent)}
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
@@ -76,7 +77,7 @@ def test_planted_secrets_appear_nowhere(tmp_path: Path) -> None:
         failed = job(status="Failed", error={"code": "boom", "message": "m"})
         seen.append(request(port, "POST", "/webhooks/jobs", json.dumps(failed).encode(), auth))
         seen.append(request(port, "POST", "/webhooks/jobs", json.dumps(failed).encode(), auth))
-        for headers in ({"Authorization": "Bearer wrong"}, {}, {"Authorization": f"Basic {SECRETS['JOBHOOK_TOKEN']}"}):
+        for headers in ({"Authorization": "Bearer wrong"}, {}, {"Authorization": f"Basic {LITERAL}"}):
             seen.append(request(port, "POST", "/webhooks/jobs", b"{}", headers))
         seen.append(request(port, "POST", "/webhooks/jobs", b"{not json", auth))
         seen.append(request(port, "POST", "/webhooks/jobs", b"{}", auth))
@@ -102,7 +103,7 @@ def test_planted_secrets_appear_nowhere(tmp_path: Path) -> None:
     seen.append(run_cli("check-config", "--config", str(config), env=env))
     seen.append(run_cli("send-test", "--config", str(config), "down", env=env))
     broken = tmp_path / "broken.yaml"
-    broken.write_text(CONFIG.format(port=port, db=db, down=down).replace("json://", "jsonn://"))
+    broken.write_text(CONFIG.format(port=port, db=db, down=down, literal=LITERAL).replace("json://", "jsonn://"))
     seen.append(run_cli("check-config", "--config", str(broken), env=env))
     assert "send-test" not in seen[-2] and "failed" in seen[-2]
 
@@ -112,6 +113,6 @@ def test_planted_secrets_appear_nowhere(tmp_path: Path) -> None:
     stored = b"".join(path.read_bytes() for path in db.parent.iterdir())
     everything = "\n".join(seen) + log.read_text()
     assert "failed (attempt 2)" in everything and "; dead" in everything  # the log did record the failures
-    for name, secret in SECRETS.items():
+    for name, secret in {**SECRETS, "literal auth secret": LITERAL}.items():
         assert secret not in everything, f"{name} leaked into a response, the CLI output or the log"
         assert secret.encode() not in stored, f"{name} leaked into the database"
