@@ -115,6 +115,9 @@ class DeliveryWorker:
                 except StoreUnavailable as exc:
                     log.warning("delivery worker cannot use the store (%s); retrying", exc)
                     wait = IDLE_POLL_SECONDS
+                except Exception:  # a bug must not stop deliveries for good: log it, pause, go on
+                    log.exception("delivery worker pass failed; retrying in %g s", IDLE_POLL_SECONDS)
+                    wait = IDLE_POLL_SECONDS
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
@@ -184,7 +187,11 @@ class DeliveryWorker:
         return min(IDLE_POLL_SECONDS, max(0.0, (due - self._clock()) / 1000))
 
     async def _deliver(self, delivery: ClaimedDelivery) -> None:
-        result = await self._send(delivery)
+        try:
+            result = await self._send(delivery)
+        except Exception as exc:  # never expected (send reports failures in its result): a failed attempt
+            log.exception("delivery %d to %s failed unexpectedly", delivery.id, delivery.target)
+            result = SendResult(ok=False, error=f"{type(exc).__name__}", retryable=True, elapsed=0.0)
         attempts = delivery.attempts + 1
         if result.ok:
             outcome = Outcome(delivery.id, True, None, None)

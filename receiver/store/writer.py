@@ -127,6 +127,9 @@ class GroupCommitWriter(Generic[Row, Result]):
         except sqlite3.Error as exc:
             error = self._failed(exc)
             return [([fut for _, fut in work], error)]
+        except Exception as exc:  # a bug in the batch code: fail this round, keep the writer alive
+            log.exception("writing a batch failed")
+            return [([fut for _, fut in work], exc)]
         self.healthy = True
         return settlements
 
