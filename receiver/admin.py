@@ -11,8 +11,13 @@ import hmac
 import ipaddress
 
 from aiohttp import web
+from pydantic import ValidationError
 
-from receiver.errors import Handler, error_response, not_found
+from receiver.errors import Handler, enveloped, error_response, method_not_allowed, not_found
+from receiver.keys import POLLERS
+from receiver.models import WatchRequest
+from receiver.store import StoreUnavailable
+from receiver.validation import field_problems
 
 
 def _is_loopback(remote: str | None) -> bool:
@@ -54,8 +59,49 @@ def create_api_app(token: str) -> web.Application:
         return admin_problem(request, token) or await handler(request)
 
     api = web.Application(middlewares=[guard])
+    watch_resource = api.router.add_resource("/watch")
+    watch_resource.add_route("POST", enveloped(watch))
+    watch_resource.add_route("*", method_not_allowed("POST"))
     api.router.add_route("*", "/{path:.*}", not_found)  # the history API routes will be added before this
     return api
+
+
+async def watch(request: web.Request) -> web.Response:
+    """POST /api/watch {accountId, jobType, jobId}: the poller of that account follows the job until terminal."""
+    body = await request.read()
+    try:
+        wanted = WatchRequest.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        if errors[0]["type"] == "json_invalid":
+            return error_response(400, "malformed_json", f"body is not valid JSON: {errors[0]['msg']}")
+        return error_response(
+            422, "invalid_payload", "the watch request is not valid", field_problems(exc, echo_input=True)
+        )
+    poller = request.config_dict[POLLERS].get(wanted.accountId)
+    if poller is None:
+        return error_response(
+            404, "not_found", f"account {wanted.accountId} is not configured in sources.bytescale; nothing polls it"
+        )
+    try:
+        added = await poller.watch(wanted.jobType, wanted.jobId)
+    except StoreUnavailable as exc:
+        return error_response(
+            503,
+            "store_unavailable",
+            f"the job could not be recorded ({exc}); retry later",
+            headers={"Retry-After": "5"},
+        )
+    return web.json_response(
+        {
+            "watching": True,
+            "new": added,
+            "accountId": wanted.accountId,
+            "jobType": wanted.jobType,
+            "jobId": wanted.jobId,
+        },
+        status=202,
+    )
 
 
 async def index(request: web.Request) -> web.Response:

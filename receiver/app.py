@@ -18,7 +18,8 @@ from receiver.auth import build_authenticator
 from receiver.errors import add_fallback_routes, enveloped
 from receiver.health import healthz, readyz
 from receiver.intake import JobIntake
-from receiver.keys import NOTIFIERS, SETTINGS, STORE, WORKER
+from receiver.keys import NOTIFIERS, POLLERS, SETTINGS, STORE, WORKER
+from receiver.poller import BytescalePoller
 from receiver.settings import ConfigError, Settings
 from receiver.store.sqlite import SqliteStore, sqlite_path
 
@@ -65,11 +66,16 @@ def create_app(settings: Settings, notifiers: NotifierConfig | None = None) -> w
         store, settings.server.max_body_bytes, lambda: worker.wake(), authenticator, settings.server.read_timeout
     )
     worker = create_worker(store, settings, notifiers, intake.load)
+    pollers = {
+        source.account_id: BytescalePoller(source, store, lambda: worker.wake(), notifiers.redactor)
+        for source in settings.sources.bytescale_accounts
+    }
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
     app[NOTIFIERS] = notifiers
     app[STORE] = store
     app[WORKER] = worker
+    app[POLLERS] = pollers
     app.cleanup_ctx.append(_store_and_worker)
     app.router.add_post("/webhooks/jobs", intake.receive)
     app.router.add_get("/healthz", enveloped(healthz))
@@ -89,9 +95,14 @@ async def _store_and_worker(app: web.Application) -> AsyncIterator[None]:
     await store.open()
     task = asyncio.create_task(worker.run(), name="delivery-worker")
     log.info("store open at %s (synchronous=%s)", app[SETTINGS].database.url, app[SETTINGS].database.synchronous)
+    pollers = list(app[POLLERS].values())
+    for poller in pollers:
+        poller.start()
+        log.info("polling Bytescale account %s every %g s", poller.account_id, poller.interval)
     try:
         yield
     finally:
+        await asyncio.gather(*(poller.stop() for poller in pollers))
         await worker.stop(app[SETTINGS].delivery.timeout)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -8,6 +8,7 @@ import json
 import logging
 import logging.handlers
 import queue
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,11 +20,12 @@ from notifiers.redaction import RedactingFilter, Redactor
 from notifiers.render import render
 from notifiers.rules import match
 from notifiers.targets import send
-from receiver.app import SERVER_OPTIONS, create_app
+from receiver.app import SERVER_OPTIONS, create_app, create_store
 from receiver.auth import build_authenticator
-from receiver.models import Job
+from receiver.models import Job, WatchRequest
 from receiver.serving import serve_app
 from receiver.settings import ConfigError, Settings, load_settings
+from receiver.store import StoreUnavailable
 from receiver.validation import field_problems
 
 log = logging.getLogger("jobhook")
@@ -53,7 +55,43 @@ def _parser() -> argparse.ArgumentParser:
     command("send-test", "send a test message to one target and report the result").add_argument(
         "target", metavar="TARGET", help="a target name from the configuration"
     )
+    watch = command("watch", "follow one Bytescale job until terminal (a running server picks it up on its next poll)")
+    watch.add_argument("account_id", metavar="ACCOUNT_ID", help="a sources.bytescale account_id")
+    watch.add_argument("job_type", metavar="JOB_TYPE", help="e.g. DeleteFolderBatchJob")
+    watch.add_argument("job_id", metavar="JOB_ID", help="the job's 26-character id")
     return parser
+
+
+def _watch(settings: Settings, source: str, account_id: str, job_type: str, job_id: str) -> int:
+    try:
+        wanted = WatchRequest.model_validate({"accountId": account_id, "jobType": job_type, "jobId": job_id})
+    except ValidationError as exc:
+        for problem in field_problems(exc, echo_input=True):
+            print(f"{problem['field']}: {problem['message']}", file=sys.stderr)
+        return EXIT_CONFIG
+    if wanted.accountId not in {s.account_id for s in settings.sources.bytescale_accounts}:
+        print(
+            f"{source}: sources.bytescale: no entry for account {wanted.accountId}; nothing would poll it",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+
+    async def add() -> bool:
+        store = create_store(settings, frozenset())
+        await store.open()
+        try:
+            return await store.watch_job(wanted.accountId, wanted.jobType, wanted.jobId)
+        finally:
+            await store.close()
+
+    try:
+        added = asyncio.run(add())
+    except (OSError, sqlite3.Error, StoreUnavailable) as exc:
+        print(f"{settings.database.url}: cannot record the job: {exc}", file=sys.stderr)
+        return EXIT_NO_MATCH
+    state = "watching" if added else "already known"
+    print(f"{state}: {wanted.accountId} {wanted.jobType} {wanted.jobId}")
+    return EXIT_OK
 
 
 def _serve(settings: Settings, source: str) -> int:
@@ -162,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _test_rule(settings, source, args.payload)
         if args.command == "send-test":
             return _send_test(settings, source, args.target)
+        if args.command == "watch":
+            return _watch(settings, source, args.account_id, args.job_type, args.job_id)
         return _serve(settings, source)
     except ConfigError as exc:
         for problem in exc.problems:

@@ -39,6 +39,9 @@ class NotificationState(StrEnum):
 
 
 EpochMs = Annotated[int, Field(ge=0, le=MAX_EPOCH_MS)]
+AccountId = Annotated[str, Field(min_length=7, max_length=7, pattern=r"^[1-9A-HJ-NP-Za-km-z]{7}$")]
+JobId = Annotated[str, Field(min_length=26, max_length=26, pattern=r"^[0-9A-Z]{26}$")]
+JobType = Annotated[str, Field(min_length=4, max_length=255, pattern=r"^[A-Za-z]+Job$")]
 
 
 class JobError(BaseModel):
@@ -61,9 +64,9 @@ class Job(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
-    accountId: Annotated[str, Field(min_length=7, max_length=7, pattern=r"^[1-9A-HJ-NP-Za-km-z]{7}$")]
-    jobId: Annotated[str, Field(min_length=26, max_length=26, pattern=r"^[0-9A-Z]{26}$")]
-    jobType: Annotated[str, Field(min_length=4, max_length=255, pattern=r"^[A-Za-z]+Job$")]
+    accountId: AccountId
+    jobId: JobId
+    jobType: JobType
     status: JobStatus
     created: EpochMs
     lastUpdated: EpochMs
@@ -82,3 +85,13 @@ class Job(BaseModel):
                 "Field required: a 2023 Upload.io job carries 'attempts', a current Bytescale job carries 'jobUrl'",
             )
         return self
+
+
+class WatchRequest(BaseModel):
+    """`POST /api/watch` and `jobhook watch`: a job for the poller to follow until terminal."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    accountId: AccountId
+    jobType: JobType
+    jobId: JobId

@@ -112,15 +112,33 @@ class RetentionSettings(_Section):
 
 
 class BytescaleSource(_Section):
-    account_id: str
+    account_id: Annotated[str, Field(pattern=r"^[1-9A-HJ-NP-Za-km-z]{7}$")]
     api_key: SecretStr
-    job_types: list[str] = ["CopyFileBatchJob", "CopyFolderBatchJob", "DeleteFileBatchJob", "DeleteFolderBatchJob"]
-    interval: Duration = 15.0
-    base_url: str = "https://api.bytescale.com"
+    job_types: Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z]+Job$")]], Field(min_length=1)] = [
+        "CopyFileBatchJob",
+        "CopyFolderBatchJob",
+        "DeleteFileBatchJob",
+        "DeleteFolderBatchJob",
+    ]
+    interval: Annotated[Duration, Field(gt=0)] = 15.0
+    base_url: Annotated[str, Field(pattern=r"^https?://")] = "https://api.bytescale.com"
+    timeout: Annotated[Duration, Field(gt=0)] = 10.0  # per request
+    concurrency: int = Field(4, ge=1, le=32)  # requests in flight at once for this account
 
 
 class SourcesSettings(_Section):
     bytescale: BytescaleSource | list[BytescaleSource] = []
+
+    @property
+    def bytescale_accounts(self) -> list[BytescaleSource]:
+        return self.bytescale if isinstance(self.bytescale, list) else [self.bytescale]
+
+    @model_validator(mode="after")
+    def _one_entry_per_account(self) -> SourcesSettings:
+        seen = [source.account_id for source in self.bytescale_accounts]
+        if len(seen) != len(set(seen)):
+            raise ValueError("each account_id may appear only once in sources.bytescale")
+        return self
 
 
 CONSOLE_TARGET = "console"

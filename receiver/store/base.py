@@ -9,6 +9,7 @@ from typing import NamedTuple, Protocol
 
 from receiver.models import Job
 from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
+from receiver.store.polling import TrackedJob
 
 
 class Ingested(IntEnum):
@@ -85,3 +86,11 @@ class Store(Protocol):
     async def redeliver(self, delivery_ids: Sequence[int], now: int) -> int: ...
 
     async def next_due(self) -> int | None: ...
+
+    async def observe_polled(self, jobs: Sequence[TrackedJob]) -> None: ...
+
+    async def watch_job(self, account_id: str, job_type: str, job_id: str) -> bool: ...
+
+    async def forget_job(self, account_id: str, job_id: str) -> bool: ...
+
+    async def tracked_jobs(self, account_id: str) -> list[TrackedJob]: ...

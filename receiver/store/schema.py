@@ -90,4 +90,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX delivery_attempts_delivery ON delivery_attempts (delivery_id);
         """,
     ),
+    Migration(
+        "0003_poll_state",
+        """
+        CREATE TABLE poll_jobs (
+            account_id       TEXT    NOT NULL,
+            job_id           TEXT    NOT NULL,
+            job_type         TEXT    NOT NULL,
+            last_seen_status TEXT,
+            last_updated     INTEGER,
+            done_at          INTEGER,
+            added_at         INTEGER NOT NULL,
+            PRIMARY KEY (account_id, job_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX poll_jobs_open ON poll_jobs (account_id) WHERE done_at IS NULL;
+        """,
+    ),
 )

@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from receiver.store import deliveries
+from receiver.store import deliveries, polling
 from receiver.store.base import EventRow, Ingested, OutboxItem
 from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
+from receiver.store.polling import TrackedJob
 from receiver.store.schema import MIGRATIONS, Migration
 from receiver.store.transitions import Position, decide
 from receiver.store.writer import GroupCommitWriter, StoreUnavailable
@@ -252,6 +253,30 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreUnavailable(str(exc)) from exc
         return int(row[0]) if row and row[0] is not None else None
+
+    # --- poll state (the Bytescale poller) --------------------------------------------------------
+    async def observe_polled(self, jobs: Sequence[TrackedJob]) -> None:
+        """Record the poller's latest view of these jobs (a job with `done_at` set is no longer fetched)."""
+        if jobs:
+            now = _now_ms()
+            await self.writer.call(lambda conn: polling.observe(conn, jobs, now))
+
+    async def watch_job(self, account_id: str, job_type: str, job_id: str) -> bool:
+        """Follow this job until terminal; False when it was already known."""
+        now = _now_ms()
+        return await self.writer.call(lambda conn: polling.watch(conn, account_id, job_type, job_id, now))
+
+    async def forget_job(self, account_id: str, job_id: str) -> bool:
+        return await self.writer.call(lambda conn: polling.forget(conn, account_id, job_id))
+
+    async def tracked_jobs(self, account_id: str) -> list[TrackedJob]:
+        """The jobs of this account followed and not yet seen terminal, oldest registration first."""
+        try:
+            cursor = await self.reader.execute(polling.OPEN_JOBS, (account_id,))
+            rows = await cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return [TrackedJob(*row) for row in rows]
 
 
 def _fsync_path(path: Path) -> None:

@@ -1,0 +1,61 @@
+"""Poll state of the Bytescale poller: the jobs it follows per account, so a restart resumes where it was.
+
+Every function here runs on the writer thread (through `GroupCommitWriter.call`) inside its transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import NamedTuple
+
+
+class TrackedJob(NamedTuple):
+    """One job the poller follows (or followed: `done_at` is set once it was seen terminal)."""
+
+    account_id: str
+    job_id: str
+    job_type: str
+    last_seen_status: str | None = None
+    last_updated: int | None = None
+    done_at: int | None = None
+
+
+# A newer observation replaces an older one; a job seen terminal stays done (its row is never reopened).
+_OBSERVE = """
+INSERT INTO poll_jobs (account_id, job_id, job_type, last_seen_status, last_updated, done_at, added_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (account_id, job_id) DO UPDATE SET
+    job_type = excluded.job_type,
+    last_seen_status = excluded.last_seen_status,
+    last_updated = excluded.last_updated,
+    done_at = excluded.done_at
+WHERE poll_jobs.done_at IS NULL AND excluded.last_updated >= coalesce(poll_jobs.last_updated, -1)
+"""
+
+OPEN_JOBS = """
+SELECT account_id, job_id, job_type, last_seen_status, last_updated, done_at
+FROM poll_jobs WHERE account_id = ? AND done_at IS NULL ORDER BY added_at, job_id
+"""
+
+
+def observe(conn: sqlite3.Connection, jobs: Sequence[TrackedJob], now: int) -> None:
+    """Record what the poller saw; `done_at` of each row says whether it was terminal."""
+    conn.executemany(
+        _OBSERVE,
+        [(j.account_id, j.job_id, j.job_type, j.last_seen_status, j.last_updated, j.done_at, now) for j in jobs],
+    )
+
+
+def watch(conn: sqlite3.Connection, account_id: str, job_type: str, job_id: str, now: int) -> bool:
+    """Start following a job; False when it is already known (followed, or already done)."""
+    cursor = conn.execute(
+        "INSERT INTO poll_jobs (account_id, job_id, job_type, added_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (account_id, job_id, job_type, now),
+    )
+    return cursor.rowcount == 1
+
+
+def forget(conn: sqlite3.Connection, account_id: str, job_id: str) -> bool:
+    cursor = conn.execute("DELETE FROM poll_jobs WHERE account_id = ? AND job_id = ?", (account_id, job_id))
+    return cursor.rowcount == 1
