@@ -19,6 +19,7 @@ from receiver.errors import add_fallback_routes, enveloped
 from receiver.health import healthz, readyz
 from receiver.intake import JobIntake
 from receiver.keys import NOTIFIERS, POLLERS, SETTINGS, STORE, WORKER
+from receiver.metrics import metrics_route
 from receiver.poller import BytescalePoller
 from receiver.settings import ConfigError, Settings
 from receiver.store.sqlite import SqliteStore, sqlite_path
@@ -80,6 +81,7 @@ def create_app(settings: Settings, notifiers: NotifierConfig | None = None) -> w
     app.router.add_post("/webhooks/jobs", intake.receive)
     app.router.add_get("/healthz", enveloped(healthz))
     app.router.add_get("/readyz", enveloped(readyz))
+    app.router.add_routes([metrics_route(intake, pollers)])
     admin_token = settings.admin.token.get_secret_value()
     app.router.add_get("/", enveloped(admin_only(index, admin_token)))
     app.add_subapp("/api", create_api_app(admin_token))

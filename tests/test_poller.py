@@ -202,6 +202,10 @@ async def test_bad_key_stops_that_account_with_one_log_line_without_the_key(
         assert ACCOUNT in lines[0] and "401" in lines[0] and "stopped until restart" in lines[0]
         assert wrong_key not in caplog.text and "WrongKey55aa66bb77cc" not in caplog.text
         assert "401" in (bad.stopped_reason or "")
+        metrics = await (await client.get("/metrics")).text()
+        assert f'jobhook_poller_stopped{{account="{ACCOUNT}"}} 1.0' in metrics
+        assert f'jobhook_poller_stopped{{account="{OTHER_ACCOUNT}"}} 0.0' in metrics
+        assert "WrongKey55aa66bb77cc" not in metrics
 
 
 async def test_watch_follows_a_job_outside_the_recent_list(make_client: MakeClient, db: Any) -> None:
