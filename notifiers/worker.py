@@ -90,6 +90,7 @@ class DeliveryWorker:
         self._outbox_pending = True  # look once at startup: transitions may be waiting from before
         self._expanded_at = 0.0
         self._wake = asyncio.Event()
+        self._due_now = False
         self._stopping = False
         self._in_flight: set[asyncio.Task[None]] = set()
         self.running = False
@@ -99,10 +100,20 @@ class DeliveryWorker:
         self._outbox_pending = True
         self._wake.set()
 
+    def deliveries_due(self) -> None:
+        """A delivery became due now (an operator's redeliver): claim at once, without re-reading the outbox.
+
+        Unlike a finished send's wake-up, it survives a pass already under way (that pass may have claimed
+        before the delivery was due), so the next pass starts without waiting.
+        """
+        self._due_now = True
+        self._wake.set()
+
     async def run(self) -> None:
         self.running = True
         try:
             while not self._stopping:
+                self._due_now = False
                 if self._update_intake_busy():
                     await asyncio.sleep(BUSY_PAUSE_SECONDS)
                 try:
@@ -118,7 +129,8 @@ class DeliveryWorker:
                 except Exception:  # a bug must not stop deliveries for good: log it, pause, go on
                     log.exception("delivery worker pass failed; retrying in %g s", IDLE_POLL_SECONDS)
                     wait = IDLE_POLL_SECONDS
-                self._wake.clear()
+                if not self._due_now:
+                    self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
         finally:

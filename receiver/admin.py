@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Sequence
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -51,8 +52,12 @@ def admin_only(handler: Handler, token: str) -> Handler:
     return guarded
 
 
-def create_api_app(token: str) -> web.Application:
-    """The `/api` sub-application: its middleware guards every route in it, and only those."""
+def create_api_app(token: str, routes: Sequence[tuple[str, str, Handler]] = ()) -> web.Application:
+    """The `/api` sub-application: its middleware guards every route in it, and only those.
+
+    `routes` are (method, path, handler) triples (the history API, `receiver.api.ROUTES`); each path also
+    answers other methods with 405, and anything else under `/api` is a 404.
+    """
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -62,7 +67,15 @@ def create_api_app(token: str) -> web.Application:
     watch_resource = api.router.add_resource("/watch")
     watch_resource.add_route("POST", enveloped(watch))
     watch_resource.add_route("*", method_not_allowed("POST"))
-    api.router.add_route("*", "/{path:.*}", not_found)  # the history API routes will be added before this
+    by_path: dict[str, list[tuple[str, Handler]]] = {}
+    for method, path, handler in routes:
+        by_path.setdefault(path, []).append((method, handler))
+    for path, handlers in by_path.items():
+        resource = api.router.add_resource(path)
+        for method, handler in handlers:
+            resource.add_route(method, enveloped(handler))
+        resource.add_route("*", method_not_allowed(*sorted(method for method, _ in handlers)))
+    api.router.add_route("*", "/{path:.*}", not_found)  # last: after every route above
     return api
 
 
@@ -113,6 +126,8 @@ async def index(request: web.Request) -> web.Response:
                 "intake": "POST /webhooks/jobs",
                 "liveness": "GET /healthz",
                 "readiness": "GET /readyz",
+                "jobs": "GET /api/jobs, GET /api/jobs/{jobId}",
+                "notifications": "GET /api/notifications, POST /api/notifications/{id}/redeliver",
             },
         }
     )

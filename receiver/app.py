@@ -14,6 +14,7 @@ from aiohttp import web
 from notifiers.config import NotifierConfig, load_notifiers
 from notifiers.worker import DeliveryWorker
 from receiver.admin import admin_only, create_api_app, index
+from receiver.api import ROUTES as HISTORY_ROUTES
 from receiver.auth import build_authenticator
 from receiver.errors import add_fallback_routes, enveloped
 from receiver.health import healthz, readyz
@@ -84,7 +85,7 @@ def create_app(settings: Settings, notifiers: NotifierConfig | None = None) -> w
     app.router.add_routes([metrics_route(intake, pollers)])
     admin_token = settings.admin.token.get_secret_value()
     app.router.add_get("/", enveloped(admin_only(index, admin_token)))
-    app.add_subapp("/api", create_api_app(admin_token))
+    app.add_subapp("/api", create_api_app(admin_token, HISTORY_ROUTES))
     add_fallback_routes(app)
     return app
 

@@ -9,6 +9,7 @@ from typing import NamedTuple, Protocol
 
 from receiver.models import Job
 from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
+from receiver.store.history import JobFilter, Json, NotificationFilter, Page
 from receiver.store.polling import TrackedJob
 
 
@@ -94,3 +95,11 @@ class Store(Protocol):
     async def forget_job(self, account_id: str, job_id: str) -> bool: ...
 
     async def tracked_jobs(self, account_id: str) -> list[TrackedJob]: ...
+
+    async def list_jobs(self, query: JobFilter) -> Page: ...
+
+    async def job_detail(self, job_id: str) -> Json | None: ...
+
+    async def list_notifications(self, query: NotificationFilter) -> Page: ...
+
+    async def redeliver_notification(self, delivery_id: int, now: int) -> Json | None: ...

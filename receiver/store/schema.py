@@ -106,4 +106,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX poll_jobs_open ON poll_jobs (account_id) WHERE done_at IS NULL;
         """,
     ),
+    Migration(
+        "0004_history_indexes",
+        """
+        CREATE INDEX jobs_recent ON jobs (last_updated DESC, job_id DESC);
+        CREATE INDEX jobs_status ON jobs (status, last_updated DESC, job_id DESC);
+        CREATE INDEX jobs_account ON jobs (account_id, last_updated DESC, job_id DESC);
+        CREATE INDEX jobs_type ON jobs (job_type, last_updated DESC, job_id DESC);
+        CREATE INDEX deliveries_state ON deliveries (state, id);
+        """,
+    ),
 )

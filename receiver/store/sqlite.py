@@ -22,6 +22,7 @@ import aiosqlite
 from receiver.store import deliveries, polling
 from receiver.store.base import EventRow, Ingested, OutboxItem
 from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
+from receiver.store.history import HistoryQueries
 from receiver.store.polling import TrackedJob
 from receiver.store.schema import MIGRATIONS, Migration
 from receiver.store.transitions import Position, decide
@@ -100,8 +101,9 @@ def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration] =
     return applied
 
 
-class SqliteStore:
-    """SQLite-backed implementation of the store interface (see `receiver.store.base.Store`)."""
+class SqliteStore(HistoryQueries):
+    """SQLite-backed implementation of the store interface (see `receiver.store.base.Store`); history reads in
+    `receiver.store.history`."""
 
     def __init__(
         self, path: Path, *, synchronous: str = "full", busy_timeout_ms: int = 5000, notify_statuses: frozenset[str]

@@ -1,0 +1,262 @@
+"""The history API under `/api` (SPEC §3, §7): jobs, one job, notifications, redeliver.
+
+Query strings are parsed by pure functions (a bad one is a `QueryError`, answered 400 `invalid_query`
+with the reason); the handlers only parse, ask the store and shape the answer. The admin guard is the
+`/api` sub-application's middleware (`receiver.admin.create_api_app`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from receiver.durations import parse_duration
+from receiver.errors import Handler, error_response
+from receiver.keys import STORE, WORKER
+from receiver.models import MAX_EPOCH_MS, JobStatus, NotificationState
+from receiver.store import StoreUnavailable
+from receiver.store.history import JobFilter, NotificationFilter
+
+Query = Sequence[tuple[str, str]]  # every (name, value) pair of a query string, repeats included
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+MAX_VALUES = 100  # per comma-separated filter
+STATUSES = tuple(s.value for s in JobStatus)
+STATES = tuple(s.value for s in NotificationState)
+JOB_PARAMS = ("status", "jobType", "accountId", "since", "until", "limit", "cursor")
+NOTIFICATION_PARAMS = ("state", "limit", "cursor")
+_LISTS = frozenset({"status", "jobType", "accountId", "state"})
+
+_EPOCH_MS = re.compile(r"[0-9]{1,19}")
+_DURATION = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?(?:ms|s|m|h|d)")
+_LIMIT = re.compile(r"[0-9]{1,9}")
+_CURSOR_SALT = b"jobhook-cursor-v1:"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class QueryError(ValueError):
+    """A query string the API cannot honour; the message says which parameter and why."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# --- pure parsing -----------------------------------------------------------------------------------
+def _collect(query: Query, known: Sequence[str]) -> dict[str, str | list[str]]:
+    """Known names only; a list filter may repeat (`status=A&status=B` is `status=A,B`), a scalar may not."""
+    found: dict[str, str | list[str]] = {}
+    for name, raw in query:
+        if name not in known:
+            raise QueryError(f"unknown query parameter {name!r}; this endpoint takes {', '.join(known)}")
+        if name in _LISTS:
+            values = found.setdefault(name, [])
+            assert isinstance(values, list)
+            values.extend(_split(name, raw))
+        elif name in found:
+            raise QueryError(f"{name} is given more than once")
+        else:
+            found[name] = raw
+    for name, values in found.items():
+        if isinstance(values, list) and len(set(values)) > MAX_VALUES:
+            raise QueryError(f"{name} takes at most {MAX_VALUES} values")
+    return found
+
+
+def _split(name: str, raw: str) -> list[str]:
+    values = [value.strip() for value in raw.split(",")]
+    if not all(values):
+        raise QueryError(f"{name} has an empty value; give one or more comma-separated values")
+    return values
+
+
+def _unique(values: str | list[str] | None) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(values or ()))
+
+
+def _checked(name: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        if value not in allowed:
+            raise QueryError(f"{name} {value!r} is not one of {', '.join(allowed)}")
+    return values
+
+
+def parse_limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
+        raise QueryError(f"limit must be a whole number from 1 to {MAX_LIMIT}, not {raw!r}")
+    return int(raw)
+
+
+def parse_time(name: str, raw: str, now: int) -> int:
+    """Epoch ms (`1700000000000`), ISO 8601 (`2024-05-01T12:00:00Z`; no zone means UTC) or a duration back
+    from `now` (`24h`, `90d`, `30m`, `10s`, `500ms`)."""
+    text = raw.strip()
+    if _EPOCH_MS.fullmatch(text) and int(text) <= MAX_EPOCH_MS:
+        return int(text)
+    if _DURATION.fullmatch(text):
+        return max(0, now - int(parse_duration(text) * 1000))
+    try:
+        moment = datetime.fromisoformat(text) if text[:4].isdigit() else None
+    except ValueError:
+        moment = None
+    if moment is None:
+        raise QueryError(
+            f"{name} must be epoch milliseconds, an ISO 8601 time or a duration back from now "
+            f"like 24h or 90d, not {raw!r}"
+        )
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0, (moment - _EPOCH) // timedelta(milliseconds=1))
+
+
+def encode_cursor(kind: str, key: Sequence[Any]) -> str:
+    """Opaque to clients: urlsafe base64 of the last row's key, with a check so an edited cursor is refused."""
+    payload = json.dumps([kind, *key], separators=(",", ":")).encode()
+    check = hashlib.sha256(_CURSOR_SALT + payload).digest()[:6]
+    return base64.urlsafe_b64encode(check + payload).rstrip(b"=").decode()
+
+
+def decode_cursor(kind: str, raw: str) -> list[Any]:
+    problem = QueryError(f"cursor {raw[:80]!r} is not a cursor this endpoint issued; start again without one")
+    try:
+        data = base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise problem from None
+    check, payload = data[:6], data[6:]
+    if len(data) <= 6 or hashlib.sha256(_CURSOR_SALT + payload).digest()[:6] != check:
+        raise problem
+    try:
+        decoded = json.loads(payload)
+    except ValueError:
+        raise problem from None
+    if not isinstance(decoded, list) or not decoded or decoded[0] != kind:
+        raise problem
+    return decoded[1:]
+
+
+def _job_key(raw: str) -> tuple[int, str]:
+    key = decode_cursor("jobs", raw)
+    match key:
+        case [int() as last_updated, str() as job_id] if not isinstance(last_updated, bool):
+            return last_updated, job_id
+    raise QueryError("cursor does not hold a position in the jobs list")
+
+
+def parse_jobs_query(query: Query, now: int) -> JobFilter:
+    found = _collect(query, JOB_PARAMS)
+    since, until, limit, cursor = (found.get(name) for name in ("since", "until", "limit", "cursor"))
+    assert not isinstance(since, list) and not isinstance(until, list)
+    assert not isinstance(limit, list) and not isinstance(cursor, list)
+    result = JobFilter(
+        statuses=_checked("status", _unique(found.get("status")), STATUSES),
+        job_types=_unique(found.get("jobType")),
+        account_ids=_unique(found.get("accountId")),
+        since=None if since is None else parse_time("since", since, now),
+        until=None if until is None else parse_time("until", until, now),
+        limit=parse_limit(limit),
+        after=None if cursor is None else _job_key(cursor),
+    )
+    if result.since is not None and result.until is not None and result.since > result.until:
+        raise QueryError(f"since ({result.since}) is later than until ({result.until})")
+    return result
+
+
+def parse_notifications_query(query: Query) -> NotificationFilter:
+    found = _collect(query, NOTIFICATION_PARAMS)
+    limit, cursor = found.get("limit"), found.get("cursor")
+    assert not isinstance(limit, list) and not isinstance(cursor, list)
+    after = None
+    if cursor is not None:
+        match decode_cursor("notifications", cursor):
+            case [int() as last_id] if not isinstance(last_id, bool):
+                after = last_id
+            case _:
+                raise QueryError("cursor does not hold a position in the notifications list")
+    return NotificationFilter(
+        states=_checked("state", _unique(found.get("state")), STATES), limit=parse_limit(limit), after=after
+    )
+
+
+# --- handlers -----------------------------------------------------------------------------------------
+def _invalid(exc: QueryError) -> web.Response:
+    return error_response(400, "invalid_query", str(exc))
+
+
+def _unavailable(exc: StoreUnavailable) -> web.Response:
+    return error_response(503, "store_unavailable", f"the store cannot be read ({exc})", headers={"Retry-After": "5"})
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """GET /api/jobs?status=&jobType=&accountId=&since=&until=&limit=&cursor="""
+    try:
+        query = parse_jobs_query(list(request.query.items()), now_ms())
+    except QueryError as exc:
+        return _invalid(exc)
+    try:
+        page = await request.config_dict[STORE].list_jobs(query)
+    except StoreUnavailable as exc:
+        return _unavailable(exc)
+    cursor = None if page.next_key is None else encode_cursor("jobs", page.next_key)
+    return web.json_response({"items": page.items, "next_cursor": cursor})
+
+
+async def show_job(request: web.Request) -> web.Response:
+    """GET /api/jobs/{jobId}: current state, every event oldest first, every notification with its attempts."""
+    job_id = request.match_info["jobId"]
+    try:
+        detail = await request.config_dict[STORE].job_detail(job_id)
+    except StoreUnavailable as exc:
+        return _unavailable(exc)
+    if detail is None:
+        return error_response(404, "not_found", f"no job {job_id[:80]!r} is stored")
+    return web.json_response(detail)
+
+
+async def list_notifications(request: web.Request) -> web.Response:
+    """GET /api/notifications?state=&limit=&cursor="""
+    try:
+        query = parse_notifications_query(list(request.query.items()))
+    except QueryError as exc:
+        return _invalid(exc)
+    try:
+        page = await request.config_dict[STORE].list_notifications(query)
+    except StoreUnavailable as exc:
+        return _unavailable(exc)
+    cursor = None if page.next_key is None else encode_cursor("notifications", [page.next_key])
+    return web.json_response({"items": page.items, "next_cursor": cursor})
+
+
+async def redeliver(request: web.Request) -> web.Response:
+    """POST /api/notifications/{id}/redeliver: pending again, due now, attempt history kept; 202."""
+    raw = request.match_info["id"]
+    unknown = error_response(404, "not_found", f"no notification {raw[:80]!r}")
+    if not _LIMIT.fullmatch(raw):
+        return unknown
+    try:
+        notification = await request.config_dict[STORE].redeliver_notification(int(raw), now_ms())
+    except StoreUnavailable as exc:
+        return _unavailable(exc)
+    if notification is None:
+        return unknown
+    request.config_dict[WORKER].deliveries_due()
+    return web.json_response(notification, status=202)
+
+
+ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/jobs", list_jobs),
+    ("GET", "/jobs/{jobId}", show_job),
+    ("GET", "/notifications", list_notifications),
+    ("POST", "/notifications/{id}/redeliver", redeliver),
+)
