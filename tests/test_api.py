@@ -175,9 +175,9 @@ def test_history_queries_use_indexes() -> None:
     conn = sqlite3.connect(":memory:")
     apply_migrations(conn)
     failed = JobFilter(statuses=("Failed",), limit=50)
-    assert plan(conn, *jobs_query(failed)) == ["SEARCH jobs USING INDEX jobs_status (status=?)"]
+    assert plan(conn, *jobs_query(failed)) == ["SEARCH jobs USING INDEX jobs_finished (status=?)"]
     assert plan(conn, *jobs_query(JobFilter(statuses=("Failed",), after=(5, "x")))) == [
-        "SEARCH jobs USING INDEX jobs_status (status=? AND (last_updated,job_id)<(?,?))"
+        "SEARCH jobs USING INDEX jobs_finished (status=? AND (last_updated,job_id)<(?,?))"
     ]
     assert plan(conn, *jobs_query(JobFilter(after=(5, "x")))) == [
         "SEARCH jobs USING INDEX jobs_recent ((last_updated,job_id)<(?,?))"
@@ -188,8 +188,11 @@ def test_history_queries_use_indexes() -> None:
     assert plan(conn, attempts_query([1, 2]), (1, 2))[0] == (
         "SEARCH delivery_attempts USING INDEX delivery_attempts_delivery (delivery_id=?)"
     )
+    # Other filters walk the recency index newest first and stop at the limit (no sort): an index per
+    # filter would be maintained on every ingested event, which the ingest bench showed is too dear.
     for sql in (jobs_query(JobFilter(account_ids=("A623uY2",)))[0], jobs_query(JobFilter(job_types=("XJob",)))[0]):
-        assert not any(step.startswith("SCAN") for step in plan(conn, sql, ["x", 51]))
+        assert plan(conn, sql, ["x", 51]) == ["SCAN jobs USING INDEX jobs_recent"]
+    assert plan(conn, *jobs_query(JobFilter(statuses=("Running",)))) == ["SCAN jobs USING INDEX jobs_recent"]
 
 
 # --- the endpoints --------------------------------------------------------------------------------------

@@ -59,6 +59,10 @@ def _placeholders(values: Sequence[object]) -> str:
     return ",".join("?" * len(values))
 
 
+FINISHED_CONDITION = "status IN ('Succeeded', 'Failed', 'Cancelled')"  # as in migration 0004's jobs_finished
+_FINISHED = frozenset({"Succeeded", "Failed", "Cancelled"})
+
+
 def jobs_query(query: JobFilter) -> tuple[str, list[Any]]:
     """The SQL for one page (one row more than `limit`, to know whether another page follows)."""
     where: list[str] = []
@@ -68,6 +72,10 @@ def jobs_query(query: JobFilter) -> tuple[str, list[Any]]:
         if values:
             where.append(f"{column} IN ({_placeholders(values)})")
             params.extend(values)
+    if query.statuses and set(query.statuses) <= _FINISHED:
+        # Repeat the partial index's own condition, verbatim: only then may SQLite use jobs_finished
+        # (kept small and off the ingest path for in-flight jobs, which are most upserts).
+        where.append(FINISHED_CONDITION)
     if query.since is not None:
         where.append("last_updated >= ?")
         params.append(query.since)
