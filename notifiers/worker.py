@@ -30,10 +30,10 @@ from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
 log = logging.getLogger("jobhook.worker")
 
 EXPAND_BATCH = 200
-BUSY_EXPAND_BATCH = 10
+BUSY_EXPAND_BATCH = 20
 IDLE_POLL_SECONDS = 1.0
 # Intake comes first: while callbacks arrive faster than this, at most one send is in flight,
-# passes are spaced by BUSY_PAUSE_SECONDS and each expands at most BUSY_EXPAND_BATCH transitions,
+# passes are spaced by BUSY_PAUSE_SECONDS and BUSY_EXPAND_BATCH transitions are planned once a second,
 # so acknowledging events keeps the CPU (a send through apprise costs ~1.5 ms of it, planning a
 # transition ~0.1 ms). The backlog drains at full speed once intake calms down.
 BUSY_INTAKE_PER_SECOND = 2000.0
@@ -117,7 +117,9 @@ class DeliveryWorker:
                 if self._update_intake_busy():
                     await asyncio.sleep(BUSY_PAUSE_SECONDS)
                 try:
-                    if self._outbox_pending or time.monotonic() - self._expanded_at >= IDLE_POLL_SECONDS:
+                    since_expanded = time.monotonic() - self._expanded_at
+                    # While intake is busy, plan new transitions once a second, not on every wake.
+                    if since_expanded >= IDLE_POLL_SECONDS or (self._outbox_pending and not self._intake_busy):
                         self._outbox_pending = False
                         self._expanded_at = time.monotonic()
                         await self._expand()
