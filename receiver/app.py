@@ -15,6 +15,7 @@ from notifiers.config import NotifierConfig, load_notifiers
 from notifiers.worker import DeliveryWorker
 from receiver.admin import admin_only, create_api_app, index
 from receiver.api import ROUTES as HISTORY_ROUTES
+from receiver.api import now_ms
 from receiver.auth import build_authenticator
 from receiver.errors import add_fallback_routes, enveloped
 from receiver.health import healthz, readyz
@@ -23,12 +24,15 @@ from receiver.keys import NOTIFIERS, POLLERS, SETTINGS, STORE, WORKER
 from receiver.metrics import metrics_route
 from receiver.poller import BytescalePoller
 from receiver.settings import ConfigError, Settings
+from receiver.store import Store, StoreUnavailable
 from receiver.store.sqlite import SqliteStore, sqlite_path
 
 log = logging.getLogger("jobhook")
 
 # aiohttp's RequestHandler options: a rejected body is never read to its end ("lingering").
 SERVER_OPTIONS: dict[str, Any] = {"lingering_time": 0}
+RETENTION_FIRST_RUN = 60.0  # seconds after start: off the startup path
+RETENTION_INTERVAL = 3600.0
 
 
 def create_store(settings: Settings, notify_statuses: frozenset[str]) -> SqliteStore:
@@ -90,6 +94,24 @@ def create_app(settings: Settings, notifiers: NotifierConfig | None = None) -> w
     return app
 
 
+async def _retention(store: Store, settings: Settings) -> None:
+    """Apply `retention.events` shortly after start, then every RETENTION_INTERVAL, in bounded chunks."""
+    if settings.retention.cutoff(now_ms()) is None:
+        return
+    await asyncio.sleep(RETENTION_FIRST_RUN)
+    while True:
+        cutoff = settings.retention.cutoff(now_ms())
+        assert cutoff is not None
+        try:
+            pruned = await store.prune_history(cutoff)
+        except StoreUnavailable as exc:
+            log.warning("retention: cannot prune history now: %s", exc)
+        else:
+            if pruned.events or pruned.jobs:
+                log.info("retention: removed %d events and %d jobs (before %d)", pruned.events, pruned.jobs, cutoff)
+        await asyncio.sleep(RETENTION_INTERVAL)
+
+
 async def _store_and_worker(app: web.Application) -> AsyncIterator[None]:
     store, worker = app[STORE], app[WORKER]
     # Sends run in the loop's default executor (asyncio.to_thread): size it for delivery.concurrency.
@@ -98,6 +120,7 @@ async def _store_and_worker(app: web.Application) -> AsyncIterator[None]:
     await store.open()
     task = asyncio.create_task(worker.run(), name="delivery-worker")
     log.info("store open at %s (synchronous=%s)", app[SETTINGS].database.url, app[SETTINGS].database.synchronous)
+    retention = asyncio.create_task(_retention(store, app[SETTINGS]), name="retention")
     pollers = list(app[POLLERS].values())
     for poller in pollers:
         poller.start()
@@ -105,6 +128,9 @@ async def _store_and_worker(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        retention.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retention
         await asyncio.gather(*(poller.stop() for poller in pollers))
         await worker.stop(app[SETTINGS].delivery.timeout)
         task.cancel()

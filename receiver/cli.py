@@ -20,6 +20,7 @@ from notifiers.redaction import RedactingFilter, Redactor
 from notifiers.render import render
 from notifiers.rules import match
 from notifiers.targets import send
+from receiver import history_cli
 from receiver.app import SERVER_OPTIONS, create_app, create_store
 from receiver.auth import build_authenticator
 from receiver.models import Job, WatchRequest
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("account_id", metavar="ACCOUNT_ID", help="a sources.bytescale account_id")
     watch.add_argument("job_type", metavar="JOB_TYPE", help="e.g. DeleteFolderBatchJob")
     watch.add_argument("job_id", metavar="JOB_ID", help="the job's 26-character id")
+    history_cli.add_commands(command)
     return parser
 
 
@@ -200,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _test_rule(settings, source, args.payload)
         if args.command == "send-test":
             return _send_test(settings, source, args.target)
+        if args.command in history_cli.COMMANDS:
+            return history_cli.run_command(settings, args)
         if args.command == "watch":
             return _watch(settings, source, args.account_id, args.job_type, args.job_id)
         return _serve(settings, source)

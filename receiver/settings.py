@@ -108,7 +108,32 @@ class DeliverySettings(_Section):
 
 
 class RetentionSettings(_Section):
+    # Epoch ms, ISO 8601 or a duration back from now (SPEC §7); None or "" keeps everything.
     events: str | None = "90d"
+
+    @field_validator("events", mode="before")
+    @classmethod
+    def _a_time(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str) and value.strip():
+            from receiver.api import QueryError, now_ms, parse_time  # here: receiver.api imports settings
+
+            try:
+                parse_time("retention.events", value, now_ms())
+            except QueryError:
+                raise ValueError(
+                    "expected epoch milliseconds, an ISO 8601 time or a duration back from now like 90d"
+                ) from None
+        return value
+
+    def cutoff(self, now: int) -> int | None:
+        """The epoch ms before which events are removed, or None when retention is off."""
+        from receiver.api import parse_time
+
+        if not self.events or not self.events.strip():
+            return None
+        return parse_time("retention.events", self.events, now)
 
 
 class BytescaleSource(_Section):

@@ -11,6 +11,7 @@ from receiver.models import Job
 from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
 from receiver.store.history import JobFilter, Json, NotificationFilter, Page
 from receiver.store.polling import TrackedJob
+from receiver.store.retention import Pruned
 
 
 class Ingested(IntEnum):
@@ -103,3 +104,5 @@ class Store(Protocol):
     async def list_notifications(self, query: NotificationFilter) -> Page: ...
 
     async def redeliver_notification(self, delivery_id: int, now: int) -> Json | None: ...
+
+    async def prune_history(self, cutoff: int) -> Pruned: ...

@@ -116,3 +116,10 @@ def redeliver(conn: sqlite3.Connection, delivery_ids: Sequence[int], now: int) -
         )
         changed += cursor.rowcount
     return changed
+
+
+def redeliver_dead(conn: sqlite3.Connection, now: int) -> int:
+    """Every dead delivery back to pending, due now, keeping its attempt history."""
+    return conn.execute(
+        "UPDATE deliveries SET state = ?, next_attempt_at = ?, lease_until = NULL WHERE state = ?", (PENDING, now, DEAD)
+    ).rowcount

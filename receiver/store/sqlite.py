@@ -13,7 +13,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from receiver.store.base import EventRow, Ingested, OutboxItem
 from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
 from receiver.store.history import HistoryQueries
 from receiver.store.polling import TrackedJob
+from receiver.store.retention import Pruned, prune
 from receiver.store.schema import MIGRATIONS, Migration
 from receiver.store.transitions import Position, decide
 from receiver.store.writer import GroupCommitWriter, StoreUnavailable
@@ -53,6 +54,9 @@ ON CONFLICT (job_id) DO UPDATE SET
     job_type = excluded.job_type, created = excluded.created, attempts = excluded.attempts,
     error_code = excluded.error_code, error_message = excluded.error_message, event_id = excluded.event_id
 """
+EXPORT_COLUMNS = (
+    "job_id, account_id, job_type, status, created, last_updated, attempts, error_code, error_message, received_at"
+)
 _INSERT_OUTBOX = """
 INSERT INTO outbox (event_id, job_id, status, previous_status, created_at) VALUES {values}
 """
@@ -246,6 +250,9 @@ class SqliteStore(HistoryQueries):
     async def redeliver(self, delivery_ids: Sequence[int], now: int) -> int:
         return await self.writer.call(lambda conn: deliveries.redeliver(conn, delivery_ids, now))
 
+    async def redeliver_dead(self, now: int) -> int:
+        return await self.writer.call(lambda conn: deliveries.redeliver_dead(conn, now))
+
     async def next_due(self) -> int | None:
         try:
             cursor = await self.reader.execute(
@@ -255,6 +262,30 @@ class SqliteStore(HistoryQueries):
         except sqlite3.Error as exc:
             raise StoreUnavailable(str(exc)) from exc
         return int(row[0]) if row and row[0] is not None else None
+
+    # --- retention and export -----------------------------------------------------------------------
+    async def prune_history(self, cutoff: int) -> Pruned:
+        """Remove history older than `cutoff` (epoch ms) by the rule of `receiver.store.retention`."""
+        return await prune(self.writer.call, cutoff)
+
+    async def export_events(self, since: int | None = None, chunk: int = 5000) -> AsyncIterator[list[Sequence[Any]]]:
+        """Every stored event in arrival order, `chunk` rows at a time (a keyset walk by id)."""
+        after = 0
+        condition = "" if since is None else " AND last_updated >= ?"
+        sql = f"SELECT {EXPORT_COLUMNS}, id FROM events WHERE id > ?{condition} ORDER BY id LIMIT ?"
+        while True:
+            params = (after, chunk) if since is None else (after, since, chunk)
+            try:
+                cursor = await self.reader.execute(sql, params)
+                rows = list(await cursor.fetchall())
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(str(exc)) from exc
+            if not rows:
+                return
+            after = rows[-1][-1]
+            yield [row[:-1] for row in rows]
+            if len(rows) < chunk:
+                return
 
     # --- poll state (the Bytescale poller) --------------------------------------------------------
     async def observe_polled(self, jobs: Sequence[TrackedJob]) -> None:

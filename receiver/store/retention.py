@@ -1,0 +1,111 @@
+"""Retention (SPEC §5 `retention.events`, §7; `jobhook prune`): history older than a cutoff is removed.
+
+The rule, applied in bounded chunks (one writer call each, so ingest keeps flowing between them):
+
+1. finished jobs (Succeeded, Failed, Cancelled) last updated before the cutoff go, with their
+   deliveries and delivery attempts, unless a notification of theirs is still waiting (an unprocessed
+   outbox row, or a delivery pending or retrying);
+2. processed outbox rows whose job is gone go too;
+3. events older than the cutoff go, except the current event of any job still stored (so a job in
+   flight always keeps its current state) and events an unprocessed outbox row still needs;
+4. poll_jobs rows finished before the cutoff go.
+
+Events and outbox rows are walked by id range (the rowid), so no chunk scans more than `chunk` rows
+and no index on `events.last_updated` (which would cost every ingest) is needed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, TypeVar
+
+from receiver.store.history import FINISHED_CONDITION
+
+CHUNK = 5000
+T = TypeVar("T")
+Call = Callable[[Callable[[sqlite3.Connection], T]], Awaitable[T]]
+
+
+class Pruned(NamedTuple):
+    events: int
+    jobs: int
+
+
+_OLD_FINISHED_JOBS = f"""
+SELECT job_id FROM jobs
+WHERE {FINISHED_CONDITION} AND last_updated < ?
+  AND job_id NOT IN (SELECT job_id FROM outbox WHERE processed_at IS NULL)
+  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = jobs.job_id AND d.state IN ('pending', 'retrying'))
+LIMIT ?
+"""
+_IDS = "SELECT value FROM json_each(?)"
+
+
+def prune_jobs_chunk(conn: sqlite3.Connection, cutoff: int, limit: int) -> int:
+    """Up to `limit` old finished jobs with their deliveries and attempts; how many jobs went."""
+    job_ids = [job_id for (job_id,) in conn.execute(_OLD_FINISHED_JOBS, (cutoff, limit))]
+    if not job_ids:
+        return 0
+    ids = json.dumps(job_ids)
+    conn.execute(
+        f"DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE job_id IN ({_IDS}))",
+        (ids,),
+    )
+    conn.execute(f"DELETE FROM deliveries WHERE job_id IN ({_IDS})", (ids,))
+    return conn.execute(f"DELETE FROM jobs WHERE job_id IN ({_IDS})", (ids,)).rowcount
+
+
+def prune_outbox_range(conn: sqlite3.Connection, cutoff: int, low: int, high: int) -> int:
+    """Processed outbox rows with `low < id <= high` whose job is gone (pruned: finished before the cutoff)."""
+    del cutoff  # implied: only jobs finished before the cutoff were removed
+    return conn.execute(
+        """DELETE FROM outbox WHERE id > ? AND id <= ? AND processed_at IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = outbox.job_id)""",
+        (low, high),
+    ).rowcount
+
+
+def prune_events_range(conn: sqlite3.Connection, cutoff: int, low: int, high: int) -> int:
+    """Events with `low < id <= high` older than the cutoff, except any job's current event and what the
+    outbox still needs."""
+    return conn.execute(
+        """DELETE FROM events WHERE id > ? AND id <= ? AND last_updated < ?
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = events.job_id AND j.event_id = events.id)
+           AND id NOT IN (SELECT event_id FROM outbox WHERE processed_at IS NULL)""",
+        (low, high, cutoff),
+    ).rowcount
+
+
+def prune_poll_jobs(conn: sqlite3.Connection, cutoff: int) -> int:
+    return conn.execute(
+        "DELETE FROM poll_jobs WHERE done_at IS NOT NULL AND coalesce(last_updated, done_at) < ?", (cutoff,)
+    ).rowcount
+
+
+def _id_bounds(conn: sqlite3.Connection, table: str) -> tuple[int, int]:
+    low, high = conn.execute(f"SELECT coalesce(min(id), 1) - 1, coalesce(max(id), 0) FROM {table}").fetchone()
+    return int(low), int(high)
+
+
+async def prune(call: Call[Any], cutoff: int, chunk: int = CHUNK) -> Pruned:
+    """Apply the rule through `call` (the store writer's `call`), one bounded chunk per call."""
+    jobs = 0
+    while True:
+        removed: int = await call(lambda conn: prune_jobs_chunk(conn, cutoff, chunk))
+        jobs += removed
+        if removed < chunk:
+            break
+    events = 0
+    for table, step in (("outbox", prune_outbox_range), ("events", prune_events_range)):
+        low, high = await call(functools.partial(_id_bounds, table=table))
+        while low < high:
+            top = min(low + chunk, high)
+            count: int = await call(functools.partial(step, cutoff=cutoff, low=low, high=top))
+            if table == "events":
+                events += count
+            low = top
+    await call(lambda conn: prune_poll_jobs(conn, cutoff))
+    return Pruned(events, jobs)
