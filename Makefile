@@ -38,6 +38,7 @@ pytest: $(STAMP_TEST)
 bench: $(STAMP_TEST)
 	$(BIN)/python -m bench.ingest $(BENCH_ARGS)
 	$(BIN)/python -m bench.delivery $(BENCH_ARGS) $(DELIVERY_ARGS)
+	$(BIN)/python -m bench.history $(HISTORY_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
