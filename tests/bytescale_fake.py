@@ -13,13 +13,14 @@ Jobs alternate between the 2023 shape (`attempts`) and the current one (`jobDocs
 from __future__ import annotations
 
 import itertools
-import socket
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
 from aiohttp import web
+
+from tests.peers import serve_locally
 
 ACCOUNT = "A623uY2"
 API_KEY = "secret_T3stKeyQ9zX41mNvB7"
@@ -185,12 +186,7 @@ class BytescaleFake:
         app = web.Application(middlewares=[self._record])
         app.router.add_get("/v2/accounts/{account}/jobs", self._list)
         app.router.add_get("/v2/accounts/{account}/jobs/{job_type}/{job_id}", self._get)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await self._runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
+        self._runner, self.port = await serve_locally(app)
         return self
 
     async def __aexit__(

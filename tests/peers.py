@@ -45,6 +45,17 @@ async def wait_until(predicate: Callable[[], object], within: float = 5.0) -> No
         await asyncio.sleep(0.01)
 
 
+async def serve_locally(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Serve `app` on a free loopback port; the caller cleans the runner up."""
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    await web.SockSite(runner, sock).start()
+    return runner, port
+
+
 @dataclass
 class Recorded:
     method: str
@@ -91,12 +102,7 @@ class HttpSink:
     async def __aenter__(self) -> Self:
         app = web.Application()
         self._routes(app)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await self._runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
+        self._runner, self.port = await serve_locally(app)
         return self
 
     async def __aexit__(
