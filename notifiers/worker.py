@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
 from notifiers.redaction import Redactor
@@ -26,6 +27,7 @@ from notifiers.targets import SendResult, Target, send
 from receiver.models import Job
 from receiver.store import OutboxItem, Store, StoreUnavailable
 from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
+from receiver.tally import SEND_SECONDS_BUCKETS, Histogram
 
 log = logging.getLogger("jobhook.worker")
 
@@ -94,6 +96,13 @@ class DeliveryWorker:
         self._stopping = False
         self._in_flight: set[asyncio.Task[None]] = set()
         self.running = False
+        # For /metrics: attempts by (target, "sent" | "retry" | "dead"), and the seconds of each send.
+        self.outcomes: Counter[tuple[str, str]] = Counter()
+        self.send_seconds = Histogram(SEND_SECONDS_BUCKETS)
+
+    @property
+    def targets(self) -> Mapping[str, Target]:
+        return self._targets
 
     def wake(self) -> None:
         """A new transition is in the outbox (the intake calls this after committing one)."""
@@ -209,10 +218,12 @@ class DeliveryWorker:
         attempts = delivery.attempts + 1
         if result.ok:
             outcome = Outcome(delivery.id, True, None, None)
+            self.outcomes[delivery.target, "sent"] += 1
         else:
             delay = self._policy.delay_after(attempts) if result.retryable else None
             next_at = None if delay is None else self._clock() + int(delay * 1000)
             outcome = Outcome(delivery.id, False, result.error, next_at)
+            self.outcomes[delivery.target, "dead" if next_at is None else "retry"] += 1
             log.warning(
                 "delivery %d to %s failed (attempt %d): %s; %s",
                 delivery.id,
@@ -233,7 +244,7 @@ class DeliveryWorker:
             return SendResult(
                 ok=False, error=f"target {delivery.target!r} is no longer configured", retryable=False, elapsed=0.0
             )
-        return await send(
+        result = await send(
             target,
             title=delivery.title,
             body=delivery.body,
@@ -241,3 +252,5 @@ class DeliveryWorker:
             timeout=self._timeout,
             redactor=self._redactor,
         )
+        self.send_seconds.observe(result.elapsed)
+        return result

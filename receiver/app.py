@@ -86,7 +86,7 @@ def create_app(settings: Settings, notifiers: NotifierConfig | None = None) -> w
     app.router.add_post("/webhooks/jobs", intake.receive)
     app.router.add_get("/healthz", enveloped(healthz))
     app.router.add_get("/readyz", enveloped(readyz))
-    app.router.add_routes([metrics_route(intake, pollers)])
+    app.router.add_routes([metrics_route(intake, pollers, store, worker)])
     admin_token = settings.admin.token.get_secret_value()
     app.router.add_get("/", enveloped(admin_only(index, admin_token)))
     app.add_subapp("/api", create_api_app(admin_token, HISTORY_ROUTES))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 from aiohttp import web
@@ -47,6 +48,10 @@ class JobIntake:
         self._on_transition = on_transition
         self._auth = auth
         self.received = 0  # requests seen: the delivery worker reads it to give way to heavy intake
+        # For /metrics, read at scrape time: answers by HTTP status (each status here has one outcome or
+        # error code, see receiver.metrics.INTAKE_OUTCOMES) and transitions queued for notification by status.
+        self.answers: Counter[int] = Counter()
+        self.transitions: Counter[str] = Counter()
 
     def load(self) -> int:
         return self.received
@@ -54,10 +59,12 @@ class JobIntake:
     async def receive(self, request: web.Request) -> web.Response:
         self.received += 1
         try:
-            return await self._receive(request)
+            response = await self._receive(request)
         except Exception:  # never a bare 500: log it, answer in the envelope, acknowledge nothing
             log.exception("unexpected error in intake")
-            return internal_error()
+            response = internal_error()
+        self.answers[response.status] += 1
+        return response
 
     async def _receive(self, request: web.Request) -> web.Response:
         auth = self._auth
@@ -121,6 +128,7 @@ class JobIntake:
                 body=_ANSWER % (b"true", job.jobId.encode(), job.status.encode()),
             )
         if outcome is Ingested.TRANSITION:
+            self.transitions[job.status] += 1
             self._on_transition()
         return web.Response(
             status=202,

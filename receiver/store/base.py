@@ -63,6 +63,14 @@ class OutboxItem(NamedTuple):
     body: str
 
 
+class OutboxStats(NamedTuple):
+    """The notification backlog at one moment."""
+
+    depth: int  # outbox rows not yet expanded into deliveries
+    oldest_created_at: int | None  # epoch ms the oldest of them was queued; None when there is none
+    deliveries: dict[str, int]  # deliveries by state, among pending, retrying and dead (absent: none)
+
+
 class Store(Protocol):
     """The store interface: the SQLite store implements it; a PostgreSQL one will too."""
 
@@ -78,6 +86,8 @@ class Store(Protocol):
     async def check_writable(self) -> None: ...
 
     async def unprocessed_outbox(self, limit: int = 100) -> list[OutboxItem]: ...
+
+    async def outbox_stats(self) -> OutboxStats: ...
 
     async def expand_outbox(self, outbox_ids: Sequence[int], planned: Sequence[NewDelivery], now: int) -> int: ...
 

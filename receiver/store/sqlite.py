@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from receiver.store import deliveries, polling
-from receiver.store.base import EventRow, Ingested, OutboxItem
+from receiver.store.base import EventRow, Ingested, OutboxItem, OutboxStats
 from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
 from receiver.store.history import HistoryQueries
 from receiver.store.polling import TrackedJob
@@ -28,6 +28,7 @@ from receiver.store.retention import Pruned, prune
 from receiver.store.schema import MIGRATIONS, Migration
 from receiver.store.transitions import Position, decide
 from receiver.store.writer import GroupCommitWriter, StoreUnavailable
+from receiver.tally import BATCH_SIZE_BUCKETS, COMMIT_SECONDS_BUCKETS, Histogram
 
 log = logging.getLogger("jobhook.store")
 T = TypeVar("T")
@@ -59,6 +60,13 @@ EXPORT_COLUMNS = (
 )
 _INSERT_OUTBOX = """
 INSERT INTO outbox (event_id, job_id, status, previous_status, created_at) VALUES {values}
+"""
+_OUTBOX_STATS = """
+SELECT (SELECT count(*) FROM outbox WHERE processed_at IS NULL),
+       (SELECT created_at FROM outbox WHERE processed_at IS NULL ORDER BY id LIMIT 1)
+"""
+_DELIVERY_STATES = """
+SELECT state, count(*) FROM deliveries WHERE state IN ('pending', 'retrying', 'dead') GROUP BY state
 """
 
 
@@ -118,6 +126,9 @@ class SqliteStore(HistoryQueries):
         self._notify_statuses = notify_statuses
         self._writer: GroupCommitWriter[EventRow, Ingested] | None = None
         self._reader: aiosqlite.Connection | None = None
+        # Filled by the writer thread, one observation per committed round; read by /metrics.
+        self.batch_sizes = Histogram(BATCH_SIZE_BUCKETS)
+        self.commit_seconds = Histogram(COMMIT_SECONDS_BUCKETS)
 
     # --- lifecycle -------------------------------------------------------------------------
     async def open(self) -> None:
@@ -128,7 +139,13 @@ class SqliteStore(HistoryQueries):
             log.info("applied migrations: %s", ", ".join(applied))
         if self._synchronous == "FULL":  # the WAL file now exists: make its directory entry durable too
             await asyncio.to_thread(_fsync_path, self.path.parent)
-        self._writer = GroupCommitWriter(lambda: conn, self._write_events, asyncio.get_running_loop())
+        self._writer = GroupCommitWriter(
+            lambda: conn,
+            self._write_events,
+            asyncio.get_running_loop(),
+            batch_sizes=self.batch_sizes,
+            commit_seconds=self.commit_seconds,
+        )
         self._writer.start()
         self._reader = await aiosqlite.connect(self.path)
         await self._reader.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
@@ -237,6 +254,21 @@ class SqliteStore(HistoryQueries):
         except sqlite3.Error as exc:
             raise StoreUnavailable(str(exc)) from exc
         return [OutboxItem(*row) for row in rows]
+
+    async def outbox_stats(self) -> OutboxStats:
+        """Unprocessed outbox rows, when the oldest was queued, and deliveries pending/retrying/dead (for /metrics).
+
+        Index-only but for one row: the count walks the partial index `outbox_unprocessed`, the oldest is its
+        first entry (ids grow in commit order), and the delivery states count `deliveries_state`.
+        """
+        try:
+            cursor = await self.reader.execute(_OUTBOX_STATS)
+            depth, oldest = await cursor.fetchone() or (0, None)
+            cursor = await self.reader.execute(_DELIVERY_STATES)
+            states = {state: count for state, count in await cursor.fetchall()}
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return OutboxStats(depth, oldest, states)
 
     async def expand_outbox(self, outbox_ids: Sequence[int], planned: Sequence[NewDelivery], now: int) -> int:
         return await self.writer.call(lambda conn: deliveries.expand(conn, outbox_ids, planned, now))

@@ -17,8 +17,11 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
+
+from receiver.tally import BATCH_SIZE_BUCKETS, COMMIT_SECONDS_BUCKETS, Histogram
 
 log = logging.getLogger("jobhook.store")
 
@@ -51,7 +54,15 @@ _STOP = object()
 class GroupCommitWriter(Generic[Row, Result]):
     """Serialises every write on one connection, committing queued rows as one transaction."""
 
-    def __init__(self, connect: Connect, write_batch: BatchFn[Row, Result], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        connect: Connect,
+        write_batch: BatchFn[Row, Result],
+        loop: asyncio.AbstractEventLoop,
+        *,
+        batch_sizes: Histogram | None = None,
+        commit_seconds: Histogram | None = None,
+    ) -> None:
         self._connect = connect
         self._write_batch = write_batch
         self._loop = loop
@@ -59,6 +70,9 @@ class GroupCommitWriter(Generic[Row, Result]):
         self._thread = threading.Thread(target=self._run, name="jobhook-sqlite-writer", daemon=True)
         self._conn: sqlite3.Connection | None = None
         self.healthy = True
+        # Per committed round, for /metrics: items written (rows and calls) and BEGIN..COMMIT seconds.
+        self.batch_sizes = batch_sizes or Histogram(BATCH_SIZE_BUCKETS)
+        self.commit_seconds = commit_seconds or Histogram(COMMIT_SECONDS_BUCKETS)
 
     # --- event loop side -------------------------------------------------------------------
     def start(self) -> None:
@@ -113,6 +127,7 @@ class GroupCommitWriter(Generic[Row, Result]):
             if self._conn is None:
                 self._conn = self._connect()
             conn = self._conn
+            started = time.perf_counter()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if rows:
@@ -130,6 +145,8 @@ class GroupCommitWriter(Generic[Row, Result]):
         except Exception as exc:  # a bug in the batch code: fail this round, keep the writer alive
             log.exception("writing a batch failed")
             return [([fut for _, fut in work], exc)]
+        self.commit_seconds.observe(time.perf_counter() - started)
+        self.batch_sizes.observe(len(work))
         self.healthy = True
         return settlements
 
