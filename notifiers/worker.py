@@ -24,6 +24,7 @@ from notifiers.render import render
 from notifiers.retry import RetryPolicy
 from notifiers.rules import CompiledRule, match
 from notifiers.targets import SendResult, Target, send
+from receiver.durations import now_ms
 from receiver.models import Job
 from receiver.store import OutboxItem, Store, StoreUnavailable
 from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
@@ -41,10 +42,6 @@ IDLE_POLL_SECONDS = 1.0
 BUSY_INTAKE_PER_SECOND = 2000.0
 BUSY_PAUSE_SECONDS = 0.04
 LOAD_SAMPLE_SECONDS = 0.25
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def plan_deliveries(item: OutboxItem, rules: Sequence[CompiledRule]) -> list[NewDelivery]:

@@ -12,17 +12,16 @@ import binascii
 import hashlib
 import json
 import re
-import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
-from receiver.durations import parse_duration
+from receiver import durations
+from receiver.durations import now_ms
 from receiver.errors import Handler, error_response
 from receiver.keys import STORE, WORKER
-from receiver.models import MAX_EPOCH_MS, JobStatus, NotificationState
+from receiver.models import JobStatus, NotificationState
 from receiver.store import StoreUnavailable
 from receiver.store.history import JobFilter, NotificationFilter
 
@@ -37,19 +36,12 @@ JOB_PARAMS = ("status", "jobType", "accountId", "since", "until", "limit", "curs
 NOTIFICATION_PARAMS = ("state", "limit", "cursor")
 _LISTS = frozenset({"status", "jobType", "accountId", "state"})
 
-_EPOCH_MS = re.compile(r"[0-9]{1,19}")
-_DURATION = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?(?:ms|s|m|h|d)")
 _LIMIT = re.compile(r"[0-9]{1,9}")
 _CURSOR_SALT = b"jobhook-cursor-v1:"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class QueryError(ValueError):
     """A query string the API cannot honour; the message says which parameter and why."""
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 # --- pure parsing -----------------------------------------------------------------------------------
@@ -100,25 +92,11 @@ def parse_limit(raw: str | None) -> int:
 
 
 def parse_time(name: str, raw: str, now: int) -> int:
-    """Epoch ms (`1700000000000`), ISO 8601 (`2024-05-01T12:00:00Z`; no zone means UTC) or a duration back
-    from `now` (`24h`, `90d`, `30m`, `10s`, `500ms`)."""
-    text = raw.strip()
-    if _EPOCH_MS.fullmatch(text) and int(text) <= MAX_EPOCH_MS:
-        return int(text)
-    if _DURATION.fullmatch(text):
-        return max(0, now - int(parse_duration(text) * 1000))
+    """`receiver.durations.parse_time`, its refusal as a 400 `invalid_query`."""
     try:
-        moment = datetime.fromisoformat(text) if text[:4].isdigit() else None
-    except ValueError:
-        moment = None
-    if moment is None:
-        raise QueryError(
-            f"{name} must be epoch milliseconds, an ISO 8601 time or a duration back from now "
-            f"like 24h or 90d, not {raw!r}"
-        )
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0, (moment - _EPOCH) // timedelta(milliseconds=1))
+        return durations.parse_time(name, raw, now)
+    except ValueError as exc:
+        raise QueryError(str(exc)) from None
 
 
 def encode_cursor(kind: str, key: Sequence[Any]) -> str:

@@ -15,8 +15,8 @@ from notifiers.config import NotifierConfig, load_notifiers
 from notifiers.worker import DeliveryWorker
 from receiver.admin import admin_only, create_api_app, index
 from receiver.api import ROUTES as HISTORY_ROUTES
-from receiver.api import now_ms
 from receiver.auth import build_authenticator
+from receiver.durations import now_ms
 from receiver.errors import add_fallback_routes, enveloped
 from receiver.health import healthz, readyz
 from receiver.intake import JobIntake

@@ -17,8 +17,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from receiver.api import QueryError, now_ms, parse_jobs_query, parse_time
+from receiver.api import QueryError, parse_jobs_query, parse_time
 from receiver.app import create_store
+from receiver.durations import now_ms
 from receiver.settings import Settings
 from receiver.store import StoreUnavailable
 from receiver.store.sqlite import SqliteStore

@@ -26,6 +26,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from notifiers.redaction import Redactor
+from receiver.durations import now_ms
 from receiver.models import TERMINAL, Job
 from receiver.settings import BytescaleSource
 from receiver.store import EventRow, Ingested, Store, StoreUnavailable, TrackedJob
@@ -232,7 +233,7 @@ class BytescalePoller:
         outcomes = await asyncio.gather(*(self._store.ingest(row) for row in rows))
         if Ingested.TRANSITION in outcomes:
             self._on_transition()
-        now = time.time_ns() // 1_000_000
+        now = now_ms()
         await self._store.observe_polled(
             [
                 TrackedJob(

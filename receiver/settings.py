@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from receiver.durations import parse_duration
+from receiver.durations import now_ms, parse_duration, parse_time
 from receiver.validation import FieldProblem, dotted_path, field_problems
 
 DEFAULT_CONFIG_PATH = Path("config/jobhook.yaml")
@@ -117,11 +117,9 @@ class RetentionSettings(_Section):
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
         if isinstance(value, str) and value.strip():
-            from receiver.api import QueryError, now_ms, parse_time  # here: receiver.api imports settings
-
             try:
                 parse_time("retention.events", value, now_ms())
-            except QueryError:
+            except ValueError:
                 raise ValueError(
                     "expected epoch milliseconds, an ISO 8601 time or a duration back from now like 90d"
                 ) from None
@@ -129,8 +127,6 @@ class RetentionSettings(_Section):
 
     def cutoff(self, now: int) -> int | None:
         """The epoch ms before which events are removed, or None when retention is off."""
-        from receiver.api import parse_time
-
         if not self.events or not self.events.strip():
             return None
         return parse_time("retention.events", self.events, now)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from receiver import app as app_module
-from receiver.api import now_ms
+from receiver.durations import now_ms
 from tests.conftest import AppClient, MakeClient
 from tests.jobs import job
 from tests.test_cli import jobhook

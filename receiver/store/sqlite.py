@@ -12,13 +12,13 @@ import json
 import logging
 import os
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
+from receiver.durations import now_ms
 from receiver.store import deliveries, polling
 from receiver.store.base import EventRow, Ingested, OutboxItem, OutboxStats
 from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
@@ -102,7 +102,7 @@ def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration] =
         try:
             conn.executescript(
                 f"BEGIN IMMEDIATE;\n{migration.sql}\n"
-                f"INSERT INTO _migrations (name, applied_at) VALUES ('{migration.name}', {_now_ms()});\n"
+                f"INSERT INTO _migrations (name, applied_at) VALUES ('{migration.name}', {now_ms()});\n"
                 "COMMIT;"
             )
         except sqlite3.Error:
@@ -194,7 +194,7 @@ class SqliteStore(HistoryQueries):
         A handful of statements per batch whatever its size: every SQLite call lets the GIL go and
         must win it back from a busy event loop, so the batch is written in bulk, not row by row.
         """
-        received_at = _now_ms()
+        received_at = now_ms()
         (before,) = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
         for chunk in _chunks(rows):
             conn.execute(_multi_row(_INSERT_EVENTS, len(chunk), 11), [v for r in chunk for v in (*r, received_at)])
@@ -234,7 +234,7 @@ class SqliteStore(HistoryQueries):
     # --- health ----------------------------------------------------------------------------
     async def check_writable(self) -> None:
         """A real write through the writer; raises StoreUnavailable if it cannot commit."""
-        now = _now_ms()
+        now = now_ms()
         await self.writer.call(
             lambda conn: conn.execute(
                 "INSERT INTO heartbeat (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at", (now,)
@@ -323,12 +323,12 @@ class SqliteStore(HistoryQueries):
     async def observe_polled(self, jobs: Sequence[TrackedJob]) -> None:
         """Record the poller's latest view of these jobs (a job with `done_at` set is no longer fetched)."""
         if jobs:
-            now = _now_ms()
+            now = now_ms()
             await self.writer.call(lambda conn: polling.observe(conn, jobs, now))
 
     async def watch_job(self, account_id: str, job_type: str, job_id: str) -> bool:
         """Follow this job until terminal; False when it was already known."""
-        now = _now_ms()
+        now = now_ms()
         return await self.writer.call(lambda conn: polling.watch(conn, account_id, job_type, job_id, now))
 
     async def forget_job(self, account_id: str, job_id: str) -> bool:
@@ -350,7 +350,3 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
