@@ -27,12 +27,17 @@ def create_app() -> web.Application:
     return app
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.bare", description=__doc__)
+def run(app: web.Application, prog: str, description: str | None, argv: Sequence[str] | None = None) -> None:
+    """`python -m bench.X --port N [--host H]`: serve `app` the way the benchmarks need (no access log)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    web.run_app(create_app(), host=args.host, port=args.port, access_log=None, print=None)
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run(create_app(), "python -m bench.bare", __doc__, argv)
 
 
 if __name__ == "__main__":

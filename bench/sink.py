@@ -8,12 +8,13 @@ before any). CLOCK_MONOTONIC is system-wide, so the benchmark can compare these 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import time
 from collections.abc import Sequence
 
 from aiohttp import web
+
+from bench.bare import run
 
 
 class Counter:
@@ -60,11 +61,7 @@ def create_app() -> web.Application:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.sink", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args(argv)
-    web.run_app(create_app(), host=args.host, port=args.port, access_log=None, print=None)
+    run(create_app(), "python -m bench.sink", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -85,12 +85,7 @@ def jobs_query(query: JobFilter) -> tuple[str, list[Any]]:
     if query.after is not None:
         where.append("(last_updated, job_id) < (?, ?)")
         params.extend(query.after)
-    sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY last_updated DESC, job_id DESC LIMIT ?"
-    params.append(query.limit + 1)
-    return sql, params
+    return _page_sql(f"SELECT {_JOB_COLUMNS} FROM jobs", where, "last_updated DESC, job_id DESC", params, query.limit)
 
 
 def notifications_query(query: NotificationFilter) -> tuple[str, list[Any]]:
@@ -102,12 +97,13 @@ def notifications_query(query: NotificationFilter) -> tuple[str, list[Any]]:
     if query.after is not None:
         where.append("id < ?")
         params.append(query.after)
-    sql = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY id DESC LIMIT ?"
-    params.append(query.limit + 1)
-    return sql, params
+    return _page_sql(f"SELECT {_DELIVERY_COLUMNS} FROM deliveries", where, "id DESC", params, query.limit)
+
+
+def _page_sql(select: str, where: list[str], order: str, params: list[Any], limit: int) -> tuple[str, list[Any]]:
+    """One page, fetching one row more than `limit` to know whether another page follows."""
+    sql = select + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {order} LIMIT ?"
+    return sql, [*params, limit + 1]
 
 
 JOB_BY_ID = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?"
