@@ -7,13 +7,13 @@ client looks local, so set a token there.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 from collections.abc import Sequence
 
 from aiohttp import web
 from pydantic import ValidationError
 
+from receiver.auth import AuthFailed, TokenAuth
 from receiver.errors import Handler, enveloped, error_response, method_not_allowed, not_found
 from receiver.keys import POLLERS
 from receiver.models import WatchRequest
@@ -36,12 +36,10 @@ def admin_problem(request: web.Request, token: str) -> web.Response | None:
         return error_response(
             403, "forbidden", "admin endpoints answer only loopback clients while admin.token is unset"
         )
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if not header:
-        return error_response(401, "unauthorized", "missing Authorization header (expected: Bearer <admin token>)")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        return error_response(401, "unauthorized", "wrong admin token")
+    try:
+        TokenAuth((token,)).check_headers(request.headers)  # the same constant-time Bearer check as intake
+    except AuthFailed as exc:
+        return error_response(401, "unauthorized", f"admin token: {exc}")
     return None
 
 
