@@ -61,12 +61,12 @@ def create_worker(
     )
 
 
-def create_app(settings: Settings, notifiers: NotifierConfig | None = None) -> web.Application:
-    """Raises ConfigError when authentication, rules or targets are unusable."""
+def create_app(settings: Settings, source: str = "config") -> web.Application:
+    """Raises ConfigError (naming `source`) when authentication, rules or targets are unusable."""
     authenticator, problems = build_authenticator(settings)
     if problems:
-        raise ConfigError("config", problems)
-    notifiers = notifiers or load_notifiers(settings)
+        raise ConfigError(source, problems)
+    notifiers = load_notifiers(settings, source)
     store = create_store(settings, notifiers.notify_statuses)
     intake = JobIntake(
         store, settings.server.max_body_bytes, lambda: worker.wake(), authenticator, settings.server.read_timeout

@@ -98,12 +98,9 @@ def _watch(settings: Settings, source: str, account_id: str, job_type: str, job_
 
 def _serve(settings: Settings, source: str) -> int:
     log.info("configuration: %s", source)
-    _, problems = build_authenticator(settings)
-    if problems:
-        raise ConfigError(source, problems)
+    app = create_app(settings, source)  # refuses unusable auth, rules or targets before anything starts
     if settings.auth.mode == "none":
         log.warning("auth.mode none: callbacks are accepted without authentication (loopback only)")
-    app = create_app(settings, load_notifiers(settings, source))
     log.info("listening on http://%s:%d (auth.mode %s)", settings.server.host, settings.server.port, settings.auth.mode)
     asyncio.run(serve_app(app, settings, SERVER_OPTIONS))
     log.info("stopped")
