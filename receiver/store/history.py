@@ -220,4 +220,4 @@ class HistoryQueries:
         return Page(items, items[-1]["id"] if more else None)
 
     async def redeliver_notification(self, delivery_id: int, now: int) -> Json | None:
-        return await self.writer.call(lambda conn: redeliver_one(conn, delivery_id, now))
+        return await self.writer.call(redeliver_one, delivery_id, now)

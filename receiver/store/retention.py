@@ -16,7 +16,6 @@ and no index on `events.last_updated` (which would cost every ingest) is needed.
 
 from __future__ import annotations
 
-import functools
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -26,7 +25,7 @@ from receiver.store.history import FINISHED_CONDITION
 
 CHUNK = 5000
 T = TypeVar("T")
-Call = Callable[[Callable[[sqlite3.Connection], T]], Awaitable[T]]
+Call = Callable[..., Awaitable[T]]
 
 
 class Pruned(NamedTuple):
@@ -94,18 +93,18 @@ async def prune(call: Call[Any], cutoff: int, chunk: int = CHUNK) -> Pruned:
     """Apply the rule through `call` (the store writer's `call`), one bounded chunk per call."""
     jobs = 0
     while True:
-        removed: int = await call(lambda conn: prune_jobs_chunk(conn, cutoff, chunk))
+        removed: int = await call(prune_jobs_chunk, cutoff, chunk)
         jobs += removed
         if removed < chunk:
             break
     events = 0
     for table, step in (("outbox", prune_outbox_range), ("events", prune_events_range)):
-        low, high = await call(functools.partial(_id_bounds, table=table))
+        low, high = await call(_id_bounds, table)
         while low < high:
             top = min(low + chunk, high)
-            count: int = await call(functools.partial(step, cutoff=cutoff, low=low, high=top))
+            count: int = await call(step, cutoff, low, top)
             if table == "events":
                 events += count
             low = top
-    await call(lambda conn: prune_poll_jobs(conn, cutoff))
+    await call(prune_poll_jobs, cutoff)
     return Pruned(events, jobs)

@@ -235,11 +235,7 @@ class SqliteStore(HistoryQueries):
     async def check_writable(self) -> None:
         """A real write through the writer; raises StoreUnavailable if it cannot commit."""
         now = now_ms()
-        await self.writer.call(
-            lambda conn: conn.execute(
-                "INSERT INTO heartbeat (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at", (now,)
-            )
-        )
+        await self.writer.call(_beat, now)
 
     # --- outbox ----------------------------------------------------------------------------
     async def unprocessed_outbox(self, limit: int = 100) -> list[OutboxItem]:
@@ -271,19 +267,19 @@ class SqliteStore(HistoryQueries):
         return OutboxStats(depth, oldest, states)
 
     async def expand_outbox(self, outbox_ids: Sequence[int], planned: Sequence[NewDelivery], now: int) -> int:
-        return await self.writer.call(lambda conn: deliveries.expand(conn, outbox_ids, planned, now))
+        return await self.writer.call(deliveries.expand, outbox_ids, planned, now)
 
     async def claim_due(self, now: int, lease_ms: int, limit: int) -> list[ClaimedDelivery]:
-        return await self.writer.call(lambda conn: deliveries.claim_due(conn, now, lease_ms, limit))
+        return await self.writer.call(deliveries.claim_due, now, lease_ms, limit)
 
     async def record_outcomes(self, outcomes: Sequence[Outcome], now: int) -> None:
-        await self.writer.call(lambda conn: deliveries.record(conn, outcomes, now))
+        await self.writer.call(deliveries.record, outcomes, now)
 
     async def redeliver(self, delivery_ids: Sequence[int], now: int) -> int:
-        return await self.writer.call(lambda conn: deliveries.redeliver(conn, delivery_ids, now))
+        return await self.writer.call(deliveries.redeliver, delivery_ids, now)
 
     async def redeliver_dead(self, now: int) -> int:
-        return await self.writer.call(lambda conn: deliveries.redeliver_dead(conn, now))
+        return await self.writer.call(deliveries.redeliver_dead, now)
 
     async def next_due(self) -> int | None:
         try:
@@ -324,15 +320,15 @@ class SqliteStore(HistoryQueries):
         """Record the poller's latest view of these jobs (a job with `done_at` set is no longer fetched)."""
         if jobs:
             now = now_ms()
-            await self.writer.call(lambda conn: polling.observe(conn, jobs, now))
+            await self.writer.call(polling.observe, jobs, now)
 
     async def watch_job(self, account_id: str, job_type: str, job_id: str) -> bool:
         """Follow this job until terminal; False when it was already known."""
         now = now_ms()
-        return await self.writer.call(lambda conn: polling.watch(conn, account_id, job_type, job_id, now))
+        return await self.writer.call(polling.watch, account_id, job_type, job_id, now)
 
     async def forget_job(self, account_id: str, job_id: str) -> bool:
-        return await self.writer.call(lambda conn: polling.forget(conn, account_id, job_id))
+        return await self.writer.call(polling.forget, account_id, job_id)
 
     async def tracked_jobs(self, account_id: str) -> list[TrackedJob]:
         """The jobs of this account followed and not yet seen terminal, oldest registration first."""
@@ -342,6 +338,10 @@ class SqliteStore(HistoryQueries):
         except sqlite3.Error as exc:
             raise StoreUnavailable(str(exc)) from exc
         return [TrackedJob(*row) for row in rows]
+
+
+def _beat(conn: sqlite3.Connection, now: int) -> None:
+    conn.execute("INSERT INTO heartbeat (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at", (now,))
 
 
 def _fsync_path(path: Path) -> None:

@@ -42,10 +42,11 @@ class StoreUnavailable(Exception):
 
 
 class _Call:
-    __slots__ = ("fn",)
+    __slots__ = ("args", "fn")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         self.fn = fn
+        self.args = args
 
 
 _STOP = object()
@@ -84,10 +85,14 @@ class GroupCommitWriter(Generic[Row, Result]):
         self._queue.put((row, future))
         return future
 
-    def call(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """Run `fn(conn)` on the writer thread, atomically (a savepoint), committed with the next round."""
+    def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run `fn(conn, *args)` on the writer, atomically (a savepoint), committed with the next round.
+
+        `fn` is a module-level function and `args` plain data (no closures), so a call can be shipped
+        to a writer elsewhere than this thread.
+        """
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put((_Call(fn), future))
+        self._queue.put((_Call(fn, args), future))
         return future
 
     async def stop(self) -> None:
@@ -154,7 +159,7 @@ class GroupCommitWriter(Generic[Row, Result]):
     def _in_savepoint(conn: sqlite3.Connection, call: _Call) -> list[Any] | BaseException:
         conn.execute("SAVEPOINT call")
         try:
-            result = call.fn(conn)
+            result = call.fn(conn, *call.args)
         except sqlite3.OperationalError:
             raise  # locked, read-only, disk full: the whole round fails and is answered 503
         except Exception as exc:  # a bug or a constraint in this call: undo it alone
