@@ -5,6 +5,10 @@
     send:   one fresh apprise object per send, bounded concurrency, per-send timeout
     record: attempt + sent | retrying (backoff with jitter) | dead
 
+Flood control (issue #9): a rule with `group_by` plans its transitions into digests (the store keeps the
+windows, see `receiver.store.deliveries`); a target's `rate_limit` and circuit breaker only hold deliveries
+back at claim time, so a held delivery stays due, burns no attempt, and is never dropped.
+
 It never blocks the event loop: store calls go through the writer thread or aiosqlite, and each
 apprise send (object construction included) runs in a worker thread.
 """
@@ -19,8 +23,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
+from notifiers.breaker import CircuitBreaker, CircuitStatus
+from notifiers.digest import grouping, render_digest
 from notifiers.redaction import Redactor
-from notifiers.render import render
+from notifiers.render import notify_type_for, render
 from notifiers.retry import RetryPolicy
 from notifiers.rules import CompiledRule, match
 from notifiers.targets import SendResult, Target, send
@@ -42,6 +48,7 @@ IDLE_POLL_SECONDS = 1.0
 BUSY_INTAKE_PER_SECOND = 2000.0
 BUSY_PAUSE_SECONDS = 0.04
 LOAD_SAMPLE_SECONDS = 0.25
+HELD_POLL_SECONDS = 0.5  # due deliveries all held back (rate limit, open circuit): look again this often
 
 
 def plan_deliveries(item: OutboxItem, rules: Sequence[CompiledRule]) -> list[NewDelivery]:
@@ -50,6 +57,13 @@ def plan_deliveries(item: OutboxItem, rules: Sequence[CompiledRule]) -> list[New
     job = Job.model_validate_json(item.body)
     planned = []
     for rule, target in match(rules, job):
+        group = grouping(rule, job)
+        if group is not None:  # rendered later, from all the digest's members
+            notify_type = notify_type_for(item.status)
+            planned.append(
+                NewDelivery(item.id, item.job_id, item.status, rule.name, target, "", "", notify_type, group)
+            )
+            continue
         message = render(rule, job_data, item.previous_status)
         planned.append(
             NewDelivery(
@@ -73,6 +87,8 @@ class DeliveryWorker:
         redactor: Redactor,
         intake_load: Callable[[], int] = lambda: 0,
         clock: Callable[[], int] = now_ms,
+        circuit_threshold: int = 0,
+        circuit_cooloff: float = 30.0,
     ) -> None:
         self._store = store
         self._rules = rules
@@ -96,10 +112,17 @@ class DeliveryWorker:
         # For /metrics: attempts by (target, "sent" | "retry" | "dead"), and the seconds of each send.
         self.outcomes: Counter[tuple[str, str]] = Counter()
         self.send_seconds = Histogram(SEND_SECONDS_BUCKETS)
+        self._breakers = {name: CircuitBreaker(circuit_threshold, int(circuit_cooloff * 1000)) for name in targets}
+        self._rate_limits = {name: t.rate_limit for name, t in targets.items() if t.rate_limit is not None}
 
     @property
     def targets(self) -> Mapping[str, Target]:
         return self._targets
+
+    def circuits(self) -> dict[str, CircuitStatus]:
+        """Each target's circuit breaker, for /metrics and the dashboard."""
+        now = self._clock()
+        return {name: breaker.status(now) for name, breaker in sorted(self._breakers.items())}
 
     def wake(self) -> None:
         """A new transition is in the outbox (the intake calls this after committing one)."""
@@ -129,8 +152,10 @@ class DeliveryWorker:
                         self._outbox_pending = False
                         self._expanded_at = time.monotonic()
                         await self._expand()
-                    await self._claim_and_send()
+                    claimed = await self._claim_and_send()
                     wait = await self._seconds_until_due()
+                    if wait <= 0 and not claimed and not self._in_flight:
+                        wait = HELD_POLL_SECONDS  # due, yet held back: do not spin
                 except StoreUnavailable as exc:
                     log.warning("delivery worker cannot use the store (%s); retrying", exc)
                     wait = IDLE_POLL_SECONDS
@@ -187,16 +212,22 @@ class DeliveryWorker:
             self._load_sample = (now, count)
         return self._intake_busy
 
-    async def _claim_and_send(self) -> None:
+    async def _claim_and_send(self) -> int:
         limit = 1 if self._intake_busy else self._concurrency
         free = limit - len(self._in_flight)
         # Claim in batches: topping up one slot at a time would cost a store round per send.
         if self._stopping or free <= 0 or (self._in_flight and free < limit // 2):
-            return
-        for delivery in await self._store.claim_due(self._clock(), self._lease_ms, free):
+            return 0
+        now = self._clock()
+        caps = {name: cap for name, breaker in self._breakers.items() if (cap := breaker.cap(now)) is not None}
+        claimed = await self._store.claim_due(now, self._lease_ms, free, caps, self._rate_limits)
+        for delivery in claimed:
+            if delivery.target in caps:
+                self._breakers[delivery.target].claimed(1)
             task = asyncio.create_task(self._deliver(delivery), name=f"delivery-{delivery.id}")
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
+        return len(claimed)
 
     async def _seconds_until_due(self) -> float:
         if self._in_flight:
@@ -213,6 +244,9 @@ class DeliveryWorker:
             log.exception("delivery %d to %s failed unexpectedly", delivery.id, delivery.target)
             result = SendResult(ok=False, error=f"{type(exc).__name__}", retryable=True, elapsed=0.0)
         attempts = delivery.attempts + 1
+        breaker = self._breakers.get(delivery.target)
+        if breaker is not None:
+            breaker.record(not result.ok and result.retryable, self._clock())
         if result.ok:
             outcome = Outcome(delivery.id, True, None, None)
             self.outcomes[delivery.target, "sent"] += 1
@@ -241,11 +275,15 @@ class DeliveryWorker:
             return SendResult(
                 ok=False, error=f"target {delivery.target!r} is no longer configured", retryable=False, elapsed=0.0
             )
+        title, body, notify_type = delivery.title, delivery.body, delivery.notify_type
+        if delivery.members is not None:
+            digest = render_digest(delivery.members, delivery.rule, delivery.group_key)
+            title, body, notify_type = digest.title, digest.body, digest.notify_type
         result = await send(
             target,
-            title=delivery.title,
-            body=delivery.body,
-            notify_type=delivery.notify_type,
+            title=title,
+            body=body,
+            notify_type=notify_type,
             timeout=self._timeout,
             redactor=self._redactor,
         )

@@ -46,7 +46,11 @@ def create_store(settings: Settings, notify_statuses: frozenset[str]) -> SqliteS
 
 
 def create_worker(
-    store: SqliteStore, settings: Settings, notifiers: NotifierConfig, intake_load: Callable[[], int]
+    store: SqliteStore,
+    settings: Settings,
+    notifiers: NotifierConfig,
+    intake_load: Callable[[], int],
+    clock: Callable[[], int] = now_ms,
 ) -> DeliveryWorker:
     return DeliveryWorker(
         store,
@@ -58,11 +62,17 @@ def create_worker(
         lease=notifiers.lease,
         redactor=notifiers.redactor,
         intake_load=intake_load,
+        clock=clock,
+        circuit_threshold=settings.delivery.circuit_threshold,
+        circuit_cooloff=settings.delivery.circuit_cooloff,
     )
 
 
-def create_app(settings: Settings, source: str = "config") -> web.Application:
-    """Raises ConfigError (naming `source`) when authentication, rules or targets are unusable."""
+def create_app(settings: Settings, source: str = "config", *, clock: Callable[[], int] = now_ms) -> web.Application:
+    """Raises ConfigError (naming `source`) when authentication, rules or targets are unusable.
+
+    `clock` (epoch ms) drives the delivery worker's timers: backoff, group windows, rate-limit minutes.
+    """
     authenticator, problems = build_authenticator(settings)
     if problems:
         raise ConfigError(source, problems)
@@ -71,7 +81,7 @@ def create_app(settings: Settings, source: str = "config") -> web.Application:
     intake = JobIntake(
         store, settings.server.max_body_bytes, lambda: worker.wake(), authenticator, settings.server.read_timeout
     )
-    worker = create_worker(store, settings, notifiers, intake.load)
+    worker = create_worker(store, settings, notifiers, intake.load, clock)
     pollers = {
         source.account_id: BytescalePoller(source, store, lambda: worker.wake(), notifiers.redactor)
         for source in settings.sources.bytescale_accounts

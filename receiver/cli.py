@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from notifiers.config import check_notifiers, load_notifiers
+from notifiers.digest import flood_control_lines
 from notifiers.redaction import RedactingFilter, Redactor
 from notifiers.render import render
 from notifiers.rules import match
@@ -137,6 +138,8 @@ def _test_rule(settings: Settings, source: str, payload: str) -> int:
     for rule, target in pairs:
         message = render(rule, job_data, None)
         print(f"rule {rule.name} -> target {target} ({message.notify_type})")
+        for line in flood_control_lines(rule, notifiers.targets[target], job):
+            print(f"  {line}")
         print(f"  title: {message.title}")
         for line in message.body.splitlines():
             print(f"  | {line}")

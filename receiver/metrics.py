@@ -144,6 +144,22 @@ class JobhookCollector(Collector):
                 deliveries.add_metric([target, outcome], outcomes.get((target, outcome), 0))
         yield deliveries
         yield histogram("jobhook_delivery_send_seconds", "Seconds taken by one send to a target", worker.send_seconds)
+        yield from JobhookCollector._circuit_metrics(worker)
+
+    @staticmethod
+    def _circuit_metrics(worker: DeliveryWorker) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "jobhook_target_circuit_state",
+            "Circuit breaker of each target: 0 closed, 1 open (nothing sent), 2 half-open (one probe)",
+            labels=["target"],
+        )
+        trips = CounterMetricFamily(
+            "jobhook_target_circuit_trips", "Times the target's circuit breaker opened", labels=["target"]
+        )
+        for target, status in worker.circuits().items():
+            state.add_metric([target], int(status.state))
+            trips.add_metric([target], status.trips)
+        yield from (state, trips)
 
     @staticmethod
     def _backlog_metrics(backlog: OutboxStats) -> Iterator[Metric]:

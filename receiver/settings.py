@@ -18,8 +18,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -80,9 +82,36 @@ class AdminSettings(_Section):
     token: SecretStr = SecretStr("")
 
 
+def _target_shape(value: Any) -> str:
+    """Which form of target a value is, so that errors name that form's fields only (see `dotted_path`)."""
+    if isinstance(value, dict | TargetSettings):
+        return "[mapping]"
+    return "[list]" if isinstance(value, list) else "[url]"
+
+
+Urls = Annotated[
+    Annotated[str, Tag("[url]")] | Annotated[list[str], Tag("[list]")],
+    Discriminator(
+        _target_shape,
+        custom_error_type="invalid_urls",
+        custom_error_message="expected an apprise URL or a list of them",
+    ),
+]
+
+
 class TargetSettings(_Section):
-    urls: str | list[str]
-    rate_limit: int | None = Field(None, ge=1)
+    urls: Urls
+    rate_limit: int | None = Field(None, ge=1)  # messages in any 60 s window; more are held, then merged
+
+
+TargetValue = Annotated[
+    Annotated[str, Tag("[url]")] | Annotated[list[str], Tag("[list]")] | Annotated[TargetSettings, Tag("[mapping]")],
+    Discriminator(
+        _target_shape,
+        custom_error_type="invalid_target",
+        custom_error_message="expected an apprise URL, a list of them, or a mapping {urls, rate_limit}",
+    ),
+]
 
 
 class RuleSettings(_Section):
@@ -92,9 +121,17 @@ class RuleSettings(_Section):
     title: str | None = None
     body: str | None = None
     stop: bool = False
+    # Flood control: fold a burst of matching transitions into digests (SPEC §5, §7).
     group_by: list[Literal["jobType", "accountId", "status", "error_code"]] = []
-    group_wait: Duration = 30.0
-    group_interval: Duration = 300.0
+    group_wait: Annotated[Duration, Field(ge=0)] = 30.0
+    group_interval: Annotated[Duration, Field(gt=0)] = 300.0
+
+    @field_validator("group_by")
+    @classmethod
+    def _each_key_once(cls, keys: list[str]) -> list[str]:
+        if len(keys) != len(set(keys)):
+            raise ValueError("names a key twice")
+        return keys
 
 
 class DeliverySettings(_Section):
@@ -105,6 +142,11 @@ class DeliverySettings(_Section):
     timeout: Duration = 30.0
     concurrency: int = Field(8, ge=1, le=1024)
     lease: Duration | None = None
+    # Circuit breaker per target: after this many consecutive failed sends (timeouts, refusals, 5xx, 429)
+    # nothing is sent to the target for `circuit_cooloff`, then one probe. 0 (the default, so that behaviour
+    # without flood control stays as it was) turns it off; 5 is a good value.
+    circuit_threshold: int = Field(0, ge=0)
+    circuit_cooloff: Annotated[Duration, Field(gt=0)] = 30.0
 
 
 class RetentionSettings(_Section):
@@ -170,7 +212,7 @@ class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     auth: AuthSettings = AuthSettings()
     admin: AdminSettings = AdminSettings()
-    targets: dict[str, str | list[str] | TargetSettings] = {"console": "console://"}
+    targets: dict[str, TargetValue] = {"console": "console://"}
     rules: list[RuleSettings] = []
     delivery: DeliverySettings = DeliverySettings()
     retention: RetentionSettings = RetentionSettings()

@@ -21,7 +21,9 @@ def dotted_path(loc: Sequence[int | str]) -> str:
     """('rules', 0, 'notify') -> 'rules[0].notify'."""
     path = ""
     for part in loc:
-        if part == "[key]":  # pydantic's marker for a bad mapping key: the key itself is the path
+        # pydantic's marker for a bad mapping key (the key itself is the path), and the tags of our
+        # discriminated unions ("[mapping]": which form of a value was being checked) are not config keys.
+        if isinstance(part, str) and part.startswith("[") and part.endswith("]"):
             continue
         if isinstance(part, int):
             path += f"[{part}]"

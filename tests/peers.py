@@ -63,6 +63,7 @@ class Recorded:
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.monotonic)  # when the request reached the sink
 
     def json(self) -> Any:
         return json.loads(self.body)

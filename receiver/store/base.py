@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import IntEnum
 from typing import NamedTuple, Protocol
 
@@ -91,7 +91,18 @@ class Store(Protocol):
 
     async def expand_outbox(self, outbox_ids: Sequence[int], planned: Sequence[NewDelivery], now: int) -> int: ...
 
-    async def claim_due(self, now: int, lease_ms: int, limit: int) -> list[ClaimedDelivery]: ...
+    async def claim_due(
+        self,
+        now: int,
+        lease_ms: int,
+        limit: int,
+        caps: Mapping[str, int] | None = None,
+        rate_limits: Mapping[str, int] | None = None,
+    ) -> list[ClaimedDelivery]:
+        """Lease due deliveries; `caps` and `rate_limits` (per target) hold some back, see `deliveries.claim_due`.
+
+        Grouped transitions join digests in `expand_outbox`; claiming a digest seals it and returns its members.
+        """
 
     async def record_outcomes(self, outcomes: Sequence[Outcome], now: int) -> None: ...
 

@@ -108,7 +108,11 @@ def _page_sql(select: str, where: list[str], order: str, params: list[Any], limi
 
 JOB_BY_ID = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?"
 EVENTS_OF_JOB = "SELECT status, last_updated, received_at, body, id FROM events WHERE job_id = ?"  # see events_json
-DELIVERIES_OF_JOB = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE job_id = ? ORDER BY id"
+# A job's own deliveries and the digests it is a member of (their job_id is NULL): takes the job id twice.
+DELIVERIES_OF_JOB = (
+    f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE job_id = ?"
+    " OR id IN (SELECT digest_id FROM digest_members WHERE job_id = ?) ORDER BY id"
+)
 DELIVERY_BY_ID = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id = ?"
 
 
@@ -116,6 +120,13 @@ def attempts_query(delivery_ids: Sequence[int]) -> str:
     return (
         f"SELECT delivery_id, at, ok, error FROM delivery_attempts WHERE delivery_id IN ({_placeholders(delivery_ids)})"
         " ORDER BY id"
+    )
+
+
+def members_query(digest_ids: Sequence[int]) -> str:
+    return (
+        f"SELECT digest_id, job_id FROM digest_members WHERE digest_id IN ({_placeholders(digest_ids)})"
+        " ORDER BY digest_id, outbox_id"
     )
 
 
@@ -144,26 +155,37 @@ def events_json(rows: Iterable[Sequence[Any]]) -> list[Json]:
     ]
 
 
-def notifications_json(rows: Sequence[Sequence[Any]], attempt_rows: Iterable[Sequence[Any]]) -> list[Json]:
+def notifications_json(
+    rows: Sequence[Sequence[Any]], attempt_rows: Iterable[Sequence[Any]], member_rows: Iterable[Sequence[Any]] = ()
+) -> list[Json]:
+    """NOTIFICATIONs; a digest (no single job) has `"jobId": null` and `"jobIds"`, all its members (SPEC §7)."""
     attempts: dict[int, list[Json]] = {}
     for delivery_id, at, ok, error in attempt_rows:
         attempts.setdefault(delivery_id, []).append({"at": at, "ok": bool(ok), "error": error})
+    members: dict[int, list[str]] = {}
+    for digest_id, job_id in member_rows:
+        members.setdefault(digest_id, []).append(job_id)
     items = []
     for delivery_id, job_id, status, rule, target, state, next_attempt_at in rows:
         waiting = state in (PENDING, RETRYING)
-        items.append(
-            {
-                "id": delivery_id,
-                "jobId": job_id,
-                "status": status,
-                "rule": rule,
-                "target": target,
-                "state": state,
-                "attempts": attempts.get(delivery_id, []),
-                "nextAttemptAt": next_attempt_at if waiting else None,
-            }
-        )
+        item: Json = {
+            "id": delivery_id,
+            "jobId": job_id,
+            "status": status,
+            "rule": rule,
+            "target": target,
+            "state": state,
+            "attempts": attempts.get(delivery_id, []),
+            "nextAttemptAt": next_attempt_at if waiting else None,
+        }
+        if job_id is None:
+            item["jobIds"] = members.get(delivery_id, [])
+        items.append(item)
     return items
+
+
+def _digest_ids(rows: Sequence[Sequence[Any]]) -> list[int]:
+    return [row[0] for row in rows if row[1] is None]
 
 
 def redeliver_one(conn: sqlite3.Connection, delivery_id: int, now: int) -> Json | None:
@@ -171,7 +193,10 @@ def redeliver_one(conn: sqlite3.Connection, delivery_id: int, now: int) -> Json 
     if not redeliver(conn, [delivery_id], now):
         return None
     rows = conn.execute(DELIVERY_BY_ID, (delivery_id,)).fetchall()
-    return notifications_json(rows, conn.execute(attempts_query([delivery_id]), (delivery_id,)).fetchall())[0]
+    attempt_rows = conn.execute(attempts_query([delivery_id]), (delivery_id,)).fetchall()
+    digests = _digest_ids(rows)
+    member_rows = conn.execute(members_query(digests), digests).fetchall() if digests else []
+    return notifications_json(rows, attempt_rows, member_rows)[0]
 
 
 class HistoryQueries:
@@ -196,7 +221,9 @@ class HistoryQueries:
     async def _notifications(self, rows: Sequence[Sequence[Any]]) -> list[Json]:
         ids = [row[0] for row in rows]
         attempt_rows = await self._rows(attempts_query(ids), ids) if ids else []
-        return notifications_json(rows, attempt_rows)
+        digests = _digest_ids(rows)
+        member_rows = await self._rows(members_query(digests), digests) if digests else []
+        return notifications_json(rows, attempt_rows, member_rows)
 
     async def list_jobs(self, query: JobFilter) -> Page:
         rows = await self._rows(*jobs_query(query))
@@ -210,7 +237,7 @@ class HistoryQueries:
         if not jobs:
             return None
         events = await self._rows(EVENTS_OF_JOB, (job_id,))
-        notifications = await self._notifications(await self._rows(DELIVERIES_OF_JOB, (job_id,)))
+        notifications = await self._notifications(await self._rows(DELIVERIES_OF_JOB, (job_id, job_id)))
         return {"job": job_json(jobs[0]), "events": events_json(events), "notifications": notifications}
 
     async def list_notifications(self, query: NotificationFilter) -> Page:

@@ -3,8 +3,9 @@
 The rule, applied in bounded chunks (one writer call each, so ingest keeps flowing between them):
 
 1. finished jobs (Succeeded, Failed, Cancelled) last updated before the cutoff go, with their
-   deliveries and delivery attempts, unless a notification of theirs is still waiting (an unprocessed
-   outbox row, or a delivery pending or retrying);
+   deliveries and delivery attempts and their places in digests (a digest left empty goes too), unless
+   a notification of theirs is still waiting (an unprocessed outbox row, or a delivery or digest
+   pending or retrying);
 2. processed outbox rows whose job is gone go too;
 3. events older than the cutoff go, except the current event of any job still stored (so a job in
    flight always keeps its current state) and events an unprocessed outbox row still needs;
@@ -38,6 +39,8 @@ SELECT job_id FROM jobs
 WHERE {FINISHED_CONDITION} AND last_updated < ?
   AND job_id NOT IN (SELECT job_id FROM outbox WHERE processed_at IS NULL)
   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = jobs.job_id AND d.state IN ('pending', 'retrying'))
+  AND NOT EXISTS (SELECT 1 FROM digest_members m JOIN deliveries d ON d.id = m.digest_id
+                  WHERE m.job_id = jobs.job_id AND d.state IN ('pending', 'retrying'))
 LIMIT ?
 """
 _IDS = "SELECT value FROM json_each(?)"
@@ -54,7 +57,25 @@ def prune_jobs_chunk(conn: sqlite3.Connection, cutoff: int, limit: int) -> int:
         (ids,),
     )
     conn.execute(f"DELETE FROM deliveries WHERE job_id IN ({_IDS})", (ids,))
+    prune_digests(conn, ids)
     return conn.execute(f"DELETE FROM jobs WHERE job_id IN ({_IDS})", (ids,)).rowcount
+
+
+def prune_digests(conn: sqlite3.Connection, job_ids_json: str) -> None:
+    """The pruned jobs leave their digests; a digest left with no member goes, with its attempts."""
+    digests = f"SELECT DISTINCT digest_id FROM digest_members WHERE job_id IN ({_IDS})"
+    emptied = [
+        digest_id
+        for (digest_id,) in conn.execute(digests, (job_ids_json,)).fetchall()
+        if conn.execute(
+            f"SELECT 1 FROM digest_members WHERE digest_id = ? AND job_id NOT IN ({_IDS}) LIMIT 1",
+            (digest_id, job_ids_json),
+        ).fetchone()
+        is None
+    ]
+    conn.execute(f"DELETE FROM digest_members WHERE job_id IN ({_IDS})", (job_ids_json,))
+    conn.executemany("DELETE FROM delivery_attempts WHERE delivery_id = ?", [(i,) for i in emptied])
+    conn.executemany("DELETE FROM deliveries WHERE id = ?", [(i,) for i in emptied])
 
 
 def prune_outbox_range(conn: sqlite3.Connection, cutoff: int, low: int, high: int) -> int:

@@ -117,4 +117,53 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX deliveries_state ON deliveries (state, id);
         """,
     ),
+    Migration(
+        "0005_flood_control",
+        """
+        -- A digest is a delivery with no single job: job_id and outbox_id NULL, its transitions listed in
+        -- digest_members. SQLite cannot relax NOT NULL in place, so the table is rebuilt (ids kept).
+        CREATE TABLE deliveries_new (
+            id              INTEGER PRIMARY KEY,
+            outbox_id       INTEGER REFERENCES outbox (id),
+            job_id          TEXT,
+            status          TEXT    NOT NULL,
+            rule            TEXT    NOT NULL,
+            target          TEXT    NOT NULL,
+            title           TEXT    NOT NULL,
+            body            TEXT    NOT NULL,
+            notify_type     TEXT    NOT NULL,
+            state           TEXT    NOT NULL,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at INTEGER,
+            lease_until     INTEGER,
+            created_at      INTEGER NOT NULL,
+            sent_at         INTEGER,
+            group_key       TEXT,
+            window_end      INTEGER,
+            sealed          INTEGER NOT NULL DEFAULT 1,
+            UNIQUE (outbox_id, rule, target)
+        );
+        INSERT INTO deliveries_new (id, outbox_id, job_id, status, rule, target, title, body, notify_type, state,
+                                    attempts, next_attempt_at, lease_until, created_at, sent_at)
+            SELECT id, outbox_id, job_id, status, rule, target, title, body, notify_type, state,
+                   attempts, next_attempt_at, lease_until, created_at, sent_at FROM deliveries;
+        DROP TABLE deliveries;
+        ALTER TABLE deliveries_new RENAME TO deliveries;
+        CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state IN ('pending', 'retrying');
+        CREATE INDEX deliveries_job ON deliveries (job_id);
+        CREATE INDEX deliveries_state ON deliveries (state, id);
+        -- The latest digest of a group: the open one to join, or the window the next one follows.
+        CREATE INDEX deliveries_group ON deliveries (rule, target, group_key, window_end)
+            WHERE group_key IS NOT NULL;
+        CREATE TABLE digest_members (
+            digest_id INTEGER NOT NULL REFERENCES deliveries (id),
+            outbox_id INTEGER NOT NULL REFERENCES outbox (id),
+            job_id    TEXT    NOT NULL,
+            PRIMARY KEY (digest_id, outbox_id)
+        );
+        CREATE INDEX digest_members_job ON digest_members (job_id);
+        -- Sends to a target in the last minute (rate_limit) are counted from here.
+        CREATE INDEX delivery_attempts_at ON delivery_attempts (at);
+        """,
+    ),
 )

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -269,8 +269,19 @@ class SqliteStore(HistoryQueries):
     async def expand_outbox(self, outbox_ids: Sequence[int], planned: Sequence[NewDelivery], now: int) -> int:
         return await self.writer.call(deliveries.expand, outbox_ids, planned, now)
 
-    async def claim_due(self, now: int, lease_ms: int, limit: int) -> list[ClaimedDelivery]:
-        return await self.writer.call(deliveries.claim_due, now, lease_ms, limit)
+    async def claim_due(
+        self,
+        now: int,
+        lease_ms: int,
+        limit: int,
+        caps: Mapping[str, int] | None = None,
+        rate_limits: Mapping[str, int] | None = None,
+    ) -> list[ClaimedDelivery]:
+        if not caps and not rate_limits:  # the common case: the same call as before flood control
+            return await self.writer.call(deliveries.claim_due, now, lease_ms, limit)
+        return await self.writer.call(
+            deliveries.claim_due, now, lease_ms, limit, dict(caps or {}), dict(rate_limits or {})
+        )
 
     async def record_outcomes(self, outcomes: Sequence[Outcome], now: int) -> None:
         await self.writer.call(deliveries.record, outcomes, now)
