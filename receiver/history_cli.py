@@ -162,6 +162,8 @@ async def _show(store: SqliteStore, args: argparse.Namespace) -> int:
     for note in detail["notifications"]:
         due = f", next attempt {iso(note['nextAttemptAt'])}" if note["nextAttemptAt"] is not None else ""
         route = f"{note['status']} -> {note['target']} (rule {note['rule']})"
+        if note["jobId"] is None:
+            route += f", digest of {len(note['jobIds'])} jobs"
         lines.append(f"  #{note['id']}  {route}: {note['state']}{due}")
         for attempt in note["attempts"]:
             outcome = "ok" if attempt["ok"] else f"failed: {attempt['error']}"
