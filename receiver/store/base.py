@@ -89,7 +89,12 @@ class Store(Protocol):
 
     async def outbox_stats(self) -> OutboxStats: ...
 
-    async def expand_outbox(self, outbox_ids: Sequence[int], planned: Sequence[NewDelivery], now: int) -> int: ...
+    async def expand_outbox(self, outbox_ids: Sequence[int], planned: Sequence[NewDelivery], now: int) -> int:
+        """Mark outbox rows processed and create their deliveries, once, in one transaction.
+
+        A `NewDelivery` with `group` set joins its group's open digest instead (or opens one, due by the
+        group's timers): see `deliveries.join_group` for the rule every store follows.
+        """
 
     async def claim_due(
         self,

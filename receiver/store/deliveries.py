@@ -122,9 +122,8 @@ def join_group(conn: sqlite3.Connection, delivery: NewDelivery, group: Grouping,
     if latest is not None and not latest[1]:
         digest_id = int(latest[0])
     else:
-        last_end = None if latest is None else int(latest[2])
-        fresh = last_end is None or now >= last_end + group.interval_ms
-        due = now + group.wait_ms if last_end is None or fresh else last_end + group.interval_ms
+        next_window = None if latest is None else int(latest[2]) + group.interval_ms
+        due = now + group.wait_ms if next_window is None or now >= next_window else next_window
         values = (delivery.status, delivery.rule, delivery.target, delivery.notify_type, PENDING, due, now)
         digest_id = _insert_digest(conn, (*values, group.key, due, 0))
     conn.execute(_INSERT_MEMBER, (digest_id, delivery.outbox_id, delivery.job_id))
