@@ -22,7 +22,8 @@ from receiver.app import SERVER_OPTIONS, create_app
 from receiver.durations import now_ms
 from receiver.keys import STORE, WORKER
 from receiver.settings import ConfigError, parse_settings
-from receiver.store.deliveries import Member
+from receiver.store import deliveries
+from receiver.store.deliveries import Grouping, Member, NewDelivery
 from receiver.store.schema import MIGRATIONS
 from receiver.store.sqlite import apply_migrations
 from tests import serve
@@ -380,3 +381,79 @@ async def test_restart_in_the_middle_of_a_group_window_loses_nothing(tmp_path: P
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
+
+
+# --- the store's claim, step by step on a fixed clock -------------------------------------------------------
+def add_transition(conn: sqlite3.Connection, n: int, now: int) -> NewDelivery:
+    """Job `J{n}` failed: its event and outbox row, and the single delivery to target `t` a rule would plan."""
+    conn.execute(
+        "INSERT INTO events (id, job_id, last_updated, status, account_id, job_type, created, error_code, body,"
+        " received_at) VALUES (?, ?, 1, 'Failed', 'A623uY2', 'XJob', 1, 'boom', '{}', 1)",
+        (n, f"J{n}"),
+    )
+    conn.execute(
+        "INSERT INTO outbox (id, event_id, job_id, status, created_at) VALUES (?, ?, ?, 'Failed', ?)",
+        (n, n, f"J{n}", now),
+    )
+    return NewDelivery(n, f"J{n}", "Failed", "r", "t", "T", "B", "failure")
+
+
+def expand_new(conn: sqlite3.Connection, numbers: Any, now: int) -> int:
+    planned = [add_transition(conn, n, now) for n in numbers]
+    return deliveries.expand(conn, [d.outbox_id for d in planned], planned, now)
+
+
+def seeded(tmp_path: Path, count: int) -> sqlite3.Connection:
+    """A migrated database with `count` Failed transitions expanded into single deliveries to target `t`."""
+    conn = sqlite3.connect(tmp_path / "claims.db", isolation_level=None)
+    apply_migrations(conn)
+    expand_new(conn, range(1, count + 1), 0)
+    return conn
+
+
+def test_claim_within_rate_limit_merges_what_is_held(tmp_path: Path) -> None:
+    conn = seeded(tmp_path, 5)
+    now = 1_000_000
+    [digest] = deliveries.claim_due(conn, now, 60_000, 10, {}, {"t": 2})  # 5 due, 2 allowed: merged into one
+    assert digest.members is not None and [m.job_id for m in digest.members] == ["J1", "J2", "J3", "J4", "J5"]
+    assert conn.execute("SELECT count(*) FROM deliveries").fetchone() == (1,)
+    deliveries.record(conn, [deliveries.Outcome(digest.id, True, None, None)], now)
+
+    more = expand_new(conn, range(6, 9), now)
+    [first] = deliveries.claim_due(conn, now + 1, 60_000, 10, {}, {"t": 2})  # 3 due, 1 left in the minute
+    assert first.members is not None and len(first.members) == 3
+    deliveries.record(conn, [deliveries.Outcome(first.id, True, None, None)], now + 1)
+    expand_new(conn, [9], now + 2)
+    assert deliveries.claim_due(conn, now + 59_999, 60_000, 10, {}, {"t": 2}) == []  # 2 sent in the last minute
+    [single] = deliveries.claim_due(conn, now + 60_000, 60_000, 10, {}, {"t": 2})  # the first left the window
+    assert (single.members, more) == (None, 3)
+
+
+def test_open_circuit_holds_its_target_back_and_a_probe_takes_one(tmp_path: Path) -> None:
+    conn = seeded(tmp_path, 4)
+    assert deliveries.claim_due(conn, 10, 60_000, 10, {"t": 0}) == []
+    [probe] = deliveries.claim_due(conn, 10, 60_000, 10, {"t": 1})
+    assert probe.id == 1 and conn.execute("SELECT sum(attempts) FROM deliveries").fetchone() == (0,)
+    assert [d.id for d in deliveries.claim_due(conn, 10, 60_000, 10)] == [2, 3, 4]
+
+
+def test_a_group_seals_when_claimed_and_the_next_window_follows_the_interval(tmp_path: Path) -> None:
+    conn = seeded(tmp_path, 0)
+    group = Grouping("status=Failed", wait_ms=1000, interval_ms=5000)
+
+    def join(n: int, now: int) -> int:
+        return deliveries.join_group(conn, add_transition(conn, n, now), group, now)
+
+    first = join(1, 0)
+    assert join(2, 500) == first
+    assert deliveries.claim_due(conn, 999, 60_000, 10) == []  # group_wait not over
+    [digest] = deliveries.claim_due(conn, 1000, 60_000, 10)
+    assert digest.id == first and digest.members is not None and len(digest.members) == 2
+    second = join(3, 1200)  # sealed: the next digest, due group_interval after the first window
+    assert second != first
+    assert conn.execute("SELECT next_attempt_at FROM deliveries WHERE id = ?", (second,)).fetchone() == (6000,)
+    third = join(4, 30_000)  # that window is still open: it joins
+    assert third == second
+    deliveries.claim_due(conn, 30_000, 60_000, 10)
+    fresh = join(5, 40_000)  # quiet for longer than group_interval since 6000: starts afresh with group_wait
+    assert conn.execute("SELECT next_attempt_at FROM deliveries WHERE id = ?", (fresh,)).fetchone() == (41_000,)

@@ -155,6 +155,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         -- The latest digest of a group: the open one to join, or the window the next one follows.
         CREATE INDEX deliveries_group ON deliveries (rule, target, group_key, window_end)
             WHERE group_key IS NOT NULL;
+        -- At most one open digest per group, even with several writers (a PostgreSQL store's replicas).
+        CREATE UNIQUE INDEX deliveries_open_group ON deliveries (rule, target, group_key) WHERE sealed = 0;
         CREATE TABLE digest_members (
             digest_id INTEGER NOT NULL REFERENCES deliveries (id),
             outbox_id INTEGER NOT NULL REFERENCES outbox (id),
