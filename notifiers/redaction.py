@@ -179,11 +179,16 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        redacted = self.redactor.redact(message)
+        names = getattr(record.msg, "fields", None)  # a receiver.logs.Template: its arguments are JSON fields too
+        if names and isinstance(record.args, tuple):
+            values = record.args
+            if redacted != message:  # a secret somewhere in the message: mask each field on its own too
+                values = tuple(self.redactor.redact(v) if isinstance(v, str) else v for v in values)
+            record.fields = dict(zip(names, values, strict=False))
+        record.msg, record.args = redacted, None  # formatted once: the formatter's getMessage() reuses it
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        redacted = self.redactor.redact(message)
-        if redacted != message:
-            record.msg, record.args = redacted, None
         if record.exc_text:
             record.exc_text = self.redactor.redact(record.exc_text)
         return True

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from aiohttp import web
 from pydantic import ValidationError
 
+from receiver import requestid
 from receiver.auth import AuthFailed, TokenAuth
 from receiver.errors import Handler, enveloped, error_response, method_not_allowed, not_found
 from receiver.keys import POLLERS
@@ -59,12 +60,13 @@ def create_api_app(token: str, routes: Sequence[tuple[str, str, Handler]] = ()) 
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        return admin_problem(request, token) or await handler(request)
+        refusal = admin_problem(request, token)
+        return await handler(request) if refusal is None else requestid.tag(request, refusal)
 
     api = web.Application(middlewares=[guard])
     watch_resource = api.router.add_resource("/watch")
     watch_resource.add_route("POST", enveloped(watch))
-    watch_resource.add_route("*", method_not_allowed("POST"))
+    watch_resource.add_route("*", enveloped(method_not_allowed("POST")))
     by_path: dict[str, list[tuple[str, Handler]]] = {}
     for method, path, handler in routes:
         by_path.setdefault(path, []).append((method, handler))
@@ -72,8 +74,8 @@ def create_api_app(token: str, routes: Sequence[tuple[str, str, Handler]] = ()) 
         resource = api.router.add_resource(path)
         for method, handler in handlers:
             resource.add_route(method, enveloped(handler))
-        resource.add_route("*", method_not_allowed(*sorted(method for method, _ in handlers)))
-    api.router.add_route("*", "/{path:.*}", not_found)  # last: after every route above
+        resource.add_route("*", enveloped(method_not_allowed(*sorted(method for method, _ in handlers))))
+    api.router.add_route("*", "/{path:.*}", enveloped(not_found))  # last: after every route above
     return api
 
 

@@ -11,20 +11,32 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 
-from receiver import durations
+from receiver import durations, requestid
 from receiver.durations import now_ms
 from receiver.errors import Handler, error_response
 from receiver.keys import STORE, WORKER
+from receiver.logs import Template
 from receiver.models import JobStatus, NotificationState
 from receiver.store import StoreUnavailable
-from receiver.store.history import JobFilter, NotificationFilter
+from receiver.store.history import JobFilter, Json, NotificationFilter
 
+log = logging.getLogger("jobhook.api")
+
+REDELIVERED_LOG = Template(
+    "request %s: notification %d redelivered (job %s %s, target %s)",
+    "request_id",
+    "notification_id",
+    "job_id",
+    "job_status",
+    "target",
+)
 Query = Sequence[tuple[str, str]]  # every (name, value) pair of a query string, repeats included
 
 DEFAULT_LIMIT = 50
@@ -229,7 +241,20 @@ async def redeliver(request: web.Request) -> web.Response:
     if notification is None:
         return unknown
     request.config_dict[WORKER].deliveries_due()
+    log_redelivered(request, notification)
     return web.json_response(notification, status=202)
+
+
+def log_redelivered(request: web.Request, notification: Json) -> None:
+    """An operator's action, so an INFO line naming it (the API and the dashboard both redeliver)."""
+    log.info(
+        REDELIVERED_LOG,
+        requestid.of(request),
+        notification["id"],
+        notification["jobId"],
+        notification["status"],
+        notification["target"],
+    )
 
 
 ROUTES: tuple[tuple[str, str, Handler], ...] = (

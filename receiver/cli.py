@@ -6,11 +6,9 @@ import argparse
 import asyncio
 import json
 import logging
-import logging.handlers
-import queue
 import sqlite3
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -24,6 +22,7 @@ from notifiers.targets import send
 from receiver import history_cli
 from receiver.app import SERVER_OPTIONS, create_app, create_store
 from receiver.auth import build_authenticator
+from receiver.logs import FORMATS, configure_logging
 from receiver.models import Job, WatchRequest
 from receiver.serving import serve_app
 from receiver.settings import ConfigError, Settings, load_settings
@@ -38,6 +37,8 @@ EXIT_OK, EXIT_NO_MATCH, EXIT_CONFIG = 0, 1, 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobhook", description="Bytescale job status receiver and notifier.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    log_format_help = "log lines as text (default) or one JSON object per line"
+    parser.add_argument("--log-format", default="text", choices=FORMATS, help=log_format_help)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -47,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help="config file (default: $JOBHOOK_CONFIG, then config/jobhook.yaml, else built-in defaults)",
         )
+        # Also after the command (`jobhook serve --log-format json`); SUPPRESS keeps the global one otherwise.
+        sub.add_argument("--log-format", choices=FORMATS, default=argparse.SUPPRESS, help=log_format_help)
         return sub
 
     command("serve", "run the receiver and the delivery worker")
@@ -170,28 +173,9 @@ def _send_test(settings: Settings, source: str, target_name: str) -> int:
     return EXIT_NO_MATCH
 
 
-def _configure_logging(level: str) -> tuple[logging.Handler, Callable[[], None]]:
-    """Log records are written to stderr by a background thread, so logging never blocks the event loop.
-
-    apprise's own logger is silenced: it prints URLs with their credentials half masked, and every
-    send failure already reaches our log, redacted, through the delivery worker.
-    """
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    listener = logging.handlers.QueueListener(records, handler)
-    enqueue = logging.handlers.QueueHandler(records)
-    enqueue.setFormatter(logging.Formatter("%(message)s"))  # the listener's handler adds time, level, name
-    # Dropped at our handler, not by level: apprise still captures its messages into each send's result.
-    enqueue.addFilter(lambda record: not record.name.startswith("apprise"))
-    logging.basicConfig(level=level, handlers=[enqueue])
-    listener.start()
-    return enqueue, listener.stop
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    log_handler, stop_logging = _configure_logging(args.log_level)
+    log_handler, stop_logging = configure_logging(args.log_level, args.log_format)
     try:
         settings, path = load_settings(args.config)
         log_handler.addFilter(RedactingFilter(Redactor.from_settings(settings)))

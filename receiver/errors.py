@@ -14,6 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
+from receiver import requestid
+
 log = logging.getLogger("jobhook.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -31,17 +33,20 @@ def internal_error() -> web.Response:
 
 
 def enveloped(handler: Handler) -> Handler:
-    """Any unexpected exception leaves as a logged 500 in the envelope, never a traceback."""
+    """Any unexpected exception leaves as a logged 500 in the envelope, never a traceback.
+
+    The answer carries the request's `X-Request-Id`, as does the log line of a failure.
+    """
 
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:
         try:
-            return await handler(request)
+            return requestid.tag(request, await handler(request))
         except web.HTTPException:
             raise
         except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            return internal_error()
+            log.exception("request %s: unhandled error on %s %s", requestid.of(request), request.method, request.path)
+            return requestid.tag(request, internal_error())
 
     return wrapper
 
@@ -66,5 +71,5 @@ def add_fallback_routes(app: web.Application) -> None:
     for resource in list(app.router.resources()):
         if isinstance(resource, web.Resource):
             methods = sorted({route.method for route in resource if route.method != "HEAD"})
-            resource.add_route("*", method_not_allowed(*methods))
-    app.router.add_route("*", "/{path:.*}", not_found)
+            resource.add_route("*", enveloped(method_not_allowed(*methods)))
+    app.router.add_route("*", "/{path:.*}", enveloped(not_found))

@@ -17,12 +17,32 @@ from pydantic import ValidationError
 
 from receiver.auth import Authenticator, AuthFailed
 from receiver.errors import error_response, internal_error
+from receiver.logs import Template
 from receiver.models import Job
+from receiver.requestid import REQUEST_ID, request_id
 from receiver.store import EventRow, Ingested, Store, StoreUnavailable
 from receiver.validation import field_problems
 
 log = logging.getLogger("jobhook.intake")
 
+# Every answer of the intake, by HTTP status: each status stands for one outcome and error code there.
+ACCEPTED, DUPLICATE = "accepted", "duplicate"
+INTAKE_OUTCOMES: dict[int, str] = {
+    202: ACCEPTED,
+    200: DUPLICATE,
+    400: "malformed_json",
+    422: "invalid_payload",
+    415: "unsupported_media_type",
+    413: "payload_too_large",
+    408: "request_timeout",
+    401: "unauthorized",
+    503: "store_unavailable",
+    500: "internal_error",
+}
+# One INFO line per answer; JSON logs carry the arguments as these fields (receiver.logs.Template).
+ANSWER_LOG = Template(
+    "request %s: %d %s jobId=%s status=%s", "request_id", "http_status", "outcome", "job_id", "job_status"
+)
 RETRY_AFTER_SECONDS = "5"
 _ANSWER = b'{"accepted":true,"duplicate":%s,"jobId":"%s","status":"%s"}'
 
@@ -49,7 +69,7 @@ class JobIntake:
         self._auth = auth
         self.received = 0  # requests seen: the delivery worker reads it to give way to heavy intake
         # For /metrics, read at scrape time: answers by HTTP status (each status here has one outcome or
-        # error code, see receiver.metrics.INTAKE_OUTCOMES) and transitions queued for notification by status.
+        # error code, see INTAKE_OUTCOMES) and transitions queued for notification by status.
         self.answers: Counter[int] = Counter()
         self.transitions: Counter[str] = Counter()
 
@@ -58,83 +78,81 @@ class JobIntake:
 
     async def receive(self, request: web.Request) -> web.Response:
         self.received += 1
+        rid = request_id(request.headers)
         try:
-            response = await self._receive(request)
+            response, job = await self._receive(request)
         except Exception:  # never a bare 500: log it, answer in the envelope, acknowledge nothing
-            log.exception("unexpected error in intake")
-            response = internal_error()
-        self.answers[response.status] += 1
+            log.exception("request %s: unexpected error in intake", rid)
+            response, job = internal_error(), None
+        status = response.status
+        self.answers[status] += 1
+        response.headers[REQUEST_ID] = rid
+        if log.isEnabledFor(logging.INFO):  # the arguments are not even looked up otherwise
+            if job is None:
+                log.info(ANSWER_LOG, rid, status, INTAKE_OUTCOMES.get(status, "-"), "-", "-")
+            else:
+                log.info(ANSWER_LOG, rid, status, INTAKE_OUTCOMES.get(status, "-"), job.jobId, job.status)
         return response
 
-    async def _receive(self, request: web.Request) -> web.Response:
+    async def _receive(self, request: web.Request) -> tuple[web.Response, Job | None]:
+        """The answer, and the job when the body was a valid one (rejected bodies are not logged)."""
         auth = self._auth
         if auth is not None:  # headers first: an unauthenticated body is never read
             try:
                 auth.check_headers(request.headers)
             except AuthFailed as exc:
-                return _unauthorized(exc)
+                return _unauthorized(exc), None
         content_type = request.headers.get("Content-Type")
         if content_type not in (None, "application/json") and not is_json_media_type(request.content_type):
-            return error_response(
-                415, "unsupported_media_type", f"Content-Type {request.content_type} is not JSON; send application/json"
-            )
+            message = f"Content-Type {request.content_type} is not JSON; send application/json"
+            return error_response(415, "unsupported_media_type", message), None
         length = request.content_length
         if length is not None and length > self._limit:
-            return self._too_large()
+            return self._too_large(), None
         content = request.content
         if content.is_eof():  # the whole body already arrived with the headers: take it as is
             body = content.read_nowait(-1)
             if len(body) > self._limit:
-                return self._too_large()
+                return self._too_large(), None
         else:
             try:  # bounded in size by the app's client_max_size, and in time by server.read_timeout
                 body = await asyncio.wait_for(request.read(), self._read_timeout)
             except web.HTTPRequestEntityTooLarge:
-                return self._too_large()
+                return self._too_large(), None
             except TimeoutError:
                 response = error_response(408, "request_timeout", f"body not received within {self._read_timeout:g} s")
                 response.force_close()
-                return response
+                return response, None
 
         message_id = None
         if auth is not None:
             try:
                 message_id = auth.check_body(request.headers, body)
             except AuthFailed as exc:
-                return _unauthorized(exc)
+                return _unauthorized(exc), None
         try:
             job = Job.model_validate_json(body)
             text = body.decode()
         except ValidationError as exc:
-            return _invalid(exc)
+            return _invalid(exc), None
         except UnicodeDecodeError:
-            return error_response(400, "malformed_json", "body is not valid UTF-8 JSON")
+            return error_response(400, "malformed_json", "body is not valid UTF-8 JSON"), None
 
         try:
             outcome = await self._store.ingest(EventRow.from_job(job, text))
         except StoreUnavailable as exc:
-            return error_response(
-                503,
-                "store_unavailable",
-                f"the event could not be stored ({exc}); retry later",
-                headers={"Retry-After": RETRY_AFTER_SECONDS},
-            )
+            message = f"the event could not be stored ({exc}); retry later"
+            return error_response(503, "store_unavailable", message, headers={"Retry-After": RETRY_AFTER_SECONDS}), job
         if auth is not None:
             auth.accepted(message_id)
         if outcome is Ingested.DUPLICATE:
-            return web.Response(
-                status=200,
-                content_type="application/json",
-                body=_ANSWER % (b"true", job.jobId.encode(), job.status.encode()),
-            )
+            answer = _ANSWER % (b"true", job.jobId.encode(), job.status.encode())
+            return web.Response(status=200, content_type="application/json", body=answer), job
         if outcome is Ingested.TRANSITION:
             self.transitions[job.status] += 1
             self._on_transition()
-        return web.Response(
-            status=202,
-            content_type="application/json",
-            body=_ANSWER % (b"false", job.jobId.encode(), job.status.encode()),
-        )
+        answer = _ANSWER % (b"false", job.jobId.encode(), job.status.encode())
+        return web.Response(status=202, content_type="application/json", body=answer), job
 
     def _too_large(self) -> web.Response:
         response = error_response(413, "payload_too_large", f"request body exceeds {self._limit} bytes")

@@ -18,27 +18,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from notifiers.worker import DeliveryWorker
-from receiver.intake import JobIntake
+from receiver.intake import ACCEPTED, DUPLICATE, INTAKE_OUTCOMES, JobIntake
 from receiver.poller import BytescalePoller
 from receiver.store import StoreUnavailable
 from receiver.store.base import OutboxStats
 from receiver.store.sqlite import SqliteStore
 from receiver.tally import Histogram
 
-# Every answer of the intake, by HTTP status: each status stands for one outcome and error code there.
-ACCEPTED, DUPLICATE = "accepted", "duplicate"
-INTAKE_OUTCOMES: dict[int, str] = {
-    202: ACCEPTED,
-    200: DUPLICATE,
-    400: "malformed_json",
-    422: "invalid_payload",
-    415: "unsupported_media_type",
-    413: "payload_too_large",
-    408: "request_timeout",
-    401: "unauthorized",
-    503: "store_unavailable",
-    500: "internal_error",
-}
 DELIVERY_OUTCOMES = ("sent", "retry", "dead")
 DELIVERY_STATES = ("pending", "retrying", "dead")
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from receiver.intake import INTAKE_OUTCOMES
 from receiver.keys import WORKER
-from receiver.metrics import INTAKE_OUTCOMES
 from receiver.tally import Histogram
 from tests.conftest import AppClient, MakeClient
 from tests.jobs import job
