@@ -44,13 +44,6 @@ def admin_problem(request: web.Request, token: str) -> web.Response | None:
     return None
 
 
-def admin_only(handler: Handler, token: str) -> Handler:
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        return admin_problem(request, token) or await handler(request)
-
-    return guarded
-
-
 def create_api_app(token: str, routes: Sequence[tuple[str, str, Handler]] = ()) -> web.Application:
     """The `/api` sub-application: its middleware guards every route in it, and only those.
 

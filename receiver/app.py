@@ -13,9 +13,10 @@ from aiohttp import web
 
 from notifiers.config import NotifierConfig, load_notifiers
 from notifiers.worker import DeliveryWorker
-from receiver.admin import admin_only, create_api_app, index
+from receiver.admin import create_api_app
 from receiver.api import ROUTES as HISTORY_ROUTES
 from receiver.auth import build_authenticator
+from receiver.dashboard import add_dashboard
 from receiver.durations import now_ms
 from receiver.errors import add_fallback_routes, enveloped
 from receiver.health import healthz, readyz
@@ -98,7 +99,7 @@ def create_app(settings: Settings, source: str = "config", *, clock: Callable[[]
     app.router.add_get("/readyz", enveloped(readyz))
     app.router.add_routes([metrics_route(intake, pollers, store, worker)])
     admin_token = settings.admin.token.get_secret_value()
-    app.router.add_get("/", enveloped(admin_only(index, admin_token)))
+    add_dashboard(app, admin_token)  # GET / and the dashboard's pages and forms
     app.add_subapp("/api", create_api_app(admin_token, HISTORY_ROUTES))
     add_fallback_routes(app)
     return app

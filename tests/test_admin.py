@@ -12,10 +12,11 @@ from tests.jobs import body, job
 from tests.test_intake import assert_envelope
 
 TOKEN = "adm1n-token-for-tests"
+JSON_ONLY = {"Accept": "application/json"}
 
 
 async def test_without_a_token_loopback_clients_are_answered(client: AppClient) -> None:
-    resp = await client.get("/")
+    resp = await client.get("/", headers=JSON_ONLY)  # browsers get the dashboard (tests/test_dashboard.py)
     assert resp.status == 200
     assert (await resp.json())["service"] == "jobhook"
     resp = await client.get("/api/jobs-not-built-yet")
@@ -36,12 +37,12 @@ def test_without_a_token_other_clients_are_refused() -> None:
 async def test_with_a_token_it_is_required_everywhere_but_intake(make_client: MakeClient) -> None:
     client = await make_client(admin={"token": TOKEN})
     for path in ("/", "/api/anything"):
-        resp = await client.get(path)
+        resp = await client.get(path, headers=JSON_ONLY)
         assert resp.status == 401
         answer = await resp.json()
         assert_envelope(answer, "unauthorized")
         assert "missing Authorization" in answer["error"]["message"]
-        resp = await client.get(path, headers={"Authorization": "Bearer nope"})
+        resp = await client.get(path, headers={**JSON_ONLY, "Authorization": "Bearer nope"})
         assert resp.status == 401
         assert TOKEN not in await resp.text()
     assert (await client.get("/", headers={"Authorization": f"Bearer {TOKEN}"})).status == 200

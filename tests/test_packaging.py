@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
+
+import pytest
 
 from receiver.auth import build_authenticator
 from receiver.settings import parse_settings
@@ -54,3 +59,17 @@ def test_container_config_is_valid_and_on_the_volume() -> None:
     _, problems = build_authenticator(settings)
     assert problems == []  # all interfaces, so only with authentication
     assert "/data" in instructions("VOLUME")[0]
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_dashboard_templates(tmp_path: Path) -> None:
+    """`pip install .` (and the image) must carry the templates, not only an editable checkout."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    [wheel] = tmp_path.glob("jobhook-*.whl")
+    shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("receiver/dashboard/templates/")}
+    templates = {f"receiver/dashboard/templates/{p.name}" for p in (REPO / "receiver/dashboard/templates").iterdir()}
+    assert shipped == templates and len(templates) >= 5
