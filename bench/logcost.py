@@ -27,7 +27,7 @@ from aiohttp import web
 
 from notifiers.redaction import RedactingFilter, Redactor
 from receiver.intake import ANSWER_LOG
-from receiver.logs import FORMATS, TEXT_FORMAT, configure_logging
+from receiver.logs import FORMATS, TEXT_FORMAT, LogFormat, configure_logging
 from receiver.requestid import REQUEST_ID, request_id
 
 JOB_ID, STATUS = "01ARZ3NDEKTSV4RRFFQ69G5FAV", "Failed"
@@ -89,9 +89,9 @@ def old_pipeline() -> Callable[[], None]:
     return listener.stop
 
 
-def new_pipeline(log_format: str) -> Callable[[], None]:
+def new_pipeline(log_format: LogFormat) -> Callable[[], None]:
     logging.getLogger().handlers = []
-    writer, stop = configure_logging("INFO", log_format)  # type: ignore[arg-type]
+    writer, stop = configure_logging("INFO", log_format)
     writer.addFilter(RedactingFilter(REDACTOR))
     return stop
 

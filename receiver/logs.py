@@ -18,8 +18,8 @@ import logging.handlers
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 LogFormat = Literal["text", "json"]
@@ -49,12 +49,52 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     return dict(zip(names, record.args, strict=False))
 
 
+class _PerSecond:
+    """A time stamp's text up to the second, made once per second: under load there is a line per request."""
+
+    def __init__(self, pattern: str, convert: Callable[[float], time.struct_time]) -> None:
+        self.pattern, self.convert = pattern, convert
+        self.second, self.text = -1, ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self.second:
+            self.second, self.text = second, time.strftime(self.pattern, self.convert(created))
+        return self.text
+
+
+class TextFormatter(logging.Formatter):
+    """`TEXT_FORMAT` with the stdlib's time stamp (`2026-11-29 17:20:05,123`, local time)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+        self._seconds = _PerSecond("%Y-%m-%d %H:%M:%S", self.converter)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return f"{self._seconds(record.created)},{int(record.msecs):03d}"
+
+    def format(self, record: logging.LogRecord) -> str:
+        """What `logging.Formatter.format` makes of TEXT_FORMAT, in one f-string."""
+        line = f"{self.formatTime(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line = f"{line}\n{record.exc_text}"
+        if record.stack_info:
+            line = f"{line}\n{self.formatStack(record.stack_info)}"
+        return line
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC, ms), level, logger, message, the template's fields, exception."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._seconds = _PerSecond("%Y-%m-%dT%H:%M:%S", time.gmtime)
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")[:-6] + "Z",
+            "time": f"{self._seconds(record.created)}.{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -76,7 +116,8 @@ class _Enqueue(logging.handlers.QueueHandler):
 
 
 _STOP = logging.makeLogRecord({"msg": "stop"})
-MAX_BATCH = 1024
+MAX_BATCH = 4096
+POLL_SECONDS = 0.02  # a line is written at most this much later; each pass holds the GIL for a batch
 
 
 class _Writer(threading.Thread):
@@ -94,7 +135,10 @@ class _Writer(threading.Thread):
     def run(self) -> None:
         stopping = False
         while not stopping:
-            batch = [self.records.get()]
+            # Poll instead of blocking in get(): a blocked reader is woken by every put, which under load
+            # means a thread switch and a GIL hand-off per request (measured: ingest fell by a third).
+            time.sleep(POLL_SECONDS)
+            batch: list[logging.LogRecord] = []
             while len(batch) < MAX_BATCH:
                 try:
                     batch.append(self.records.get_nowait())
@@ -110,6 +154,8 @@ class _Writer(threading.Thread):
                         lines.append(self.handler.format(record) + "\n")
                 except Exception:
                     self.handler.handleError(record)
+            if not lines:
+                continue
             try:
                 self.handler.stream.write("".join(lines))
                 self.handler.stream.flush()
@@ -138,7 +184,7 @@ def configure_logging(level: str, log_format: LogFormat = "text") -> tuple[loggi
     logging.logMultiprocessing = False
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     writer = _Writer(records, handler)
     enqueue = _Enqueue(records)
     # Dropped at our handler, not by level: apprise still captures its messages into each send's result.

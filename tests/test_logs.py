@@ -16,7 +16,7 @@ import pytest
 
 from notifiers.redaction import RedactingFilter, Redactor
 from receiver.cli import _parser
-from receiver.logs import JsonFormatter, Template
+from receiver.logs import TEXT_FORMAT, JsonFormatter, Template, TextFormatter
 from receiver.requestid import MAX_LENGTH, request_id
 from tests import serve
 from tests.conftest import AppClient
@@ -85,6 +85,15 @@ def test_json_lines_carry_a_templates_arguments_as_fields() -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"])
     plain = json.loads(JsonFormatter().format(_record("store open at %s", "sqlite:///x.db")))
     assert plain["message"] == "store open at sqlite:///x.db" and "request_id" not in plain
+
+
+@pytest.mark.parametrize("exc", [False, True])
+def test_text_lines_are_what_the_stdlib_formatter_writes(exc: bool) -> None:
+    text = TextFormatter()
+    for created in (1_800_000_000.0, 1_800_000_000.999, 1_800_000_001.5):  # the cached second moves on
+        record = _record("store open at %s", "sqlite:///x.db", exc=exc)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert text.format(record) == logging.Formatter(TEXT_FORMAT).format(record)
 
 
 def test_redaction_covers_message_fields_and_tracebacks_in_json() -> None:
