@@ -131,9 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print("| what | added on the request path, µs | added until written, µs |", file=out)
     print("|---|---:|---:|", file=out)
-    for name, on_loop, total in rows:
-        written = "" if total is None else f"{total - base_total:.2f}"
-        print(f"| {name} | {on_loop - base:.2f} | {written} |", file=out)
+    for name, path_cost, all_threads in rows:
+        written = "" if all_threads is None else f"{all_threads - base_total:.2f}"
+        print(f"| {name} | {path_cost - base:.2f} | {written} |", file=out)
     return 0
 
 
