@@ -36,7 +36,8 @@ EXIT_OK, EXIT_NO_MATCH, EXIT_CONFIG = 0, 1, 2
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobhook", description="Bytescale job status receiver and notifier.")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
+    parser.add_argument("--log-level", default="INFO", choices=levels)
     log_format_help = "log lines as text (default) or one JSON object per line"
     parser.add_argument("--log-format", default="text", choices=FORMATS, help=log_format_help)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
             help="config file (default: $JOBHOOK_CONFIG, then config/jobhook.yaml, else built-in defaults)",
         )
         # Also after the command (`jobhook serve --log-format json`); SUPPRESS keeps the global one otherwise.
+        sub.add_argument("--log-level", choices=levels, default=argparse.SUPPRESS)
         sub.add_argument("--log-format", choices=FORMATS, default=argparse.SUPPRESS, help=log_format_help)
         return sub
 

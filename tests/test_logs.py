@@ -62,6 +62,7 @@ def test_log_format_is_accepted_before_and_after_the_command() -> None:
     assert parse(["serve", "--log-format", "json"]).log_format == "json"
     assert parse(["--log-format", "json", "jobs"]).log_format == "json"
     assert parse(["--log-format", "json", "serve", "--log-format", "text"]).log_format == "text"
+    assert parse(["serve"]).log_level == "INFO" and parse(["serve", "--log-level", "WARNING"]).log_level == "WARNING"
     with pytest.raises(SystemExit):
         parse(["serve", "--log-format", "xml"])
 
