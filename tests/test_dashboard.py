@@ -239,3 +239,28 @@ async def test_redeliver_form_refuses_cross_site_posts(make_client: MakeClient, 
         assert len(sink.requests) == 2
         resp = await client.post("/notifications/999/redeliver", headers={**HTML, **same_origin(client)})
         assert resp.status == 404 and "no notification" in await resp.text()
+
+
+async def test_a_dead_digest_and_an_open_circuit_are_shown(make_client: MakeClient, db: Any) -> None:
+    async with JsonSink(status=500) as sink:
+        client = await make_client(
+            targets={"hook": sink.url()},
+            rules=[{"match": {"status": "Failed"}, "notify": "hook", "group_by": ["jobType"], "group_wait": "100ms"}],
+            delivery={"max_attempts": 1, "circuit_threshold": 1, "circuit_cooloff": "1h"},
+        )
+        html = await (await client.get("/", headers=HTML)).text()
+        assert re.search(
+            r'data-target="hook">\s*<td><strong>hook</strong></td>\s*<td><span class="badge ok">closed', html
+        )
+        payloads = [job(status="Failed", error={"code": "e", "message": "m"}) for _ in range(2)]
+        for payload in payloads:
+            assert (await post(client, payload))[0] == 202
+        await wait_until(lambda: db("SELECT count(*) FROM deliveries WHERE state = 'dead'") == [(1,)], within=30)
+        html = await (await client.get("/", headers=HTML)).text()
+        dead = html.split('id="dead"')[1].split("</table>")[0]
+        assert "digest of 2 jobs" in dead and all(f"/jobs/{p['jobId']}" in dead for p in payloads)
+        assert re.search(
+            r'data-target="hook">\s*<td><strong>hook</strong></td>\s*<td><span class="badge bad">open', html
+        )
+        job_page = await (await client.get(f"/jobs/{payloads[0]['jobId']}", headers=HTML)).text()
+        assert "in a digest of 2 jobs" in job_page

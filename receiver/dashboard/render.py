@@ -18,6 +18,9 @@ BADGES = {
     "Cancelling": "warn",
     "Rollback": "warn",
     "retrying": "warn",
+    "closed": "ok",
+    "open": "bad",
+    "half-open": "warn",
 }  # anything else (Created, Pending, Running, pending): "info"
 
 

@@ -1,10 +1,11 @@
 """Dashboard handlers: parse, ask the store (the same queries as `/api`), render a template.
 
-Routes: `GET /` (recent jobs with filters and paging, recent failures, notification health and the
-dead notifications), `GET /jobs/{jobId}` (state, event timeline, notifications), the redeliver form
-`POST /notifications/{id}/redeliver`, and `GET|POST /login`, `POST /logout` for the token case. Access
-follows the `/api` rule (admin token or loopback only), with a session cookie standing in for the
-Bearer header; `Accept: application/json` still gets JSON from `GET /` and the envelope for errors.
+Routes: `GET /` (recent jobs with filters and paging, recent failures, notification health with the
+dead notifications and each target's circuit breaker), `GET /jobs/{jobId}` (state, event timeline,
+notifications), the redeliver form `POST /notifications/{id}/redeliver`, and `GET|POST /login`,
+`POST /logout` for the token case. Access follows the `/api` rule (admin token or loopback only), with
+a session cookie standing in for the Bearer header; `Accept: application/json` still gets JSON from
+`GET /` and the envelope for errors.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from receiver.dashboard import access
 from receiver.dashboard.render import environment, page
 from receiver.durations import now_ms
 from receiver.errors import Handler, enveloped, error_response
-from receiver.keys import STORE, WORKER
+from receiver.keys import SETTINGS, STORE, WORKER
 from receiver.store import StoreUnavailable
 from receiver.store.history import JobFilter, NotificationFilter
 
@@ -100,6 +101,10 @@ async def overview(request: web.Request) -> web.Response:
     except StoreUnavailable as exc:
         return _unavailable(request, exc)
     filters = {name: value for name, value in given if name in FILTERS}
+    circuits = [
+        {**status._asdict(), "target": target, "state": status.state.name.lower().replace("_", "-")}
+        for target, status in request.config_dict[WORKER].circuits().items()
+    ]
     older = None
     if jobs.next_key is not None:
         older = "/?" + urlencode({**dict(given), "cursor": encode_cursor("jobs", jobs.next_key)})
@@ -113,6 +118,8 @@ async def overview(request: web.Request) -> web.Response:
         failures=failures.items,
         dead=dead.items,
         stats=stats,
+        circuits=circuits,
+        breaker_on=request.config_dict[SETTINGS].delivery.circuit_threshold > 0,
     )
     return page(request.app[ENV], "index.html", context)
 
