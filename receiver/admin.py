@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from receiver import requestid
 from receiver.auth import AuthFailed, TokenAuth
-from receiver.errors import Handler, enveloped, error_response, method_not_allowed, not_found
+from receiver.errors import ANY_PATH, Handler, enveloped, error_response, method_not_allowed, not_found
 from receiver.keys import POLLERS
 from receiver.models import WatchRequest
 from receiver.store import StoreUnavailable
@@ -68,7 +68,7 @@ def create_api_app(token: str, routes: Sequence[tuple[str, str, Handler]] = ()) 
         for method, handler in handlers:
             resource.add_route(method, enveloped(handler))
         resource.add_route("*", enveloped(method_not_allowed(*sorted(method for method, _ in handlers))))
-    api.router.add_route("*", "/{path:.*}", enveloped(not_found))  # last: after every route above
+    api.router.add_route("*", ANY_PATH, enveloped(not_found))  # last: after every route above
     return api
 
 

@@ -23,6 +23,7 @@ from receiver.health import healthz, readyz
 from receiver.intake import JobIntake
 from receiver.keys import NOTIFIERS, POLLERS, SETTINGS, STORE, WORKER
 from receiver.metrics import metrics_route
+from receiver.openapi import openapi_route
 from receiver.poller import BytescalePoller
 from receiver.settings import ConfigError, Settings
 from receiver.store import Store, StoreUnavailable
@@ -97,7 +98,7 @@ def create_app(settings: Settings, source: str = "config", *, clock: Callable[[]
     app.router.add_post("/webhooks/jobs", intake.receive)
     app.router.add_get("/healthz", enveloped(healthz))
     app.router.add_get("/readyz", enveloped(readyz))
-    app.router.add_routes([metrics_route(intake, pollers, store, worker)])
+    app.router.add_routes([metrics_route(intake, pollers, store, worker), openapi_route(settings)])
     admin_token = settings.admin.token.get_secret_value()
     add_dashboard(app, admin_token)  # GET / and the dashboard's pages and forms
     app.add_subapp("/api", create_api_app(admin_token, HISTORY_ROUTES))

@@ -13,12 +13,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from receiver import requestid
 
 log = logging.getLogger("jobhook.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The catch-all route's path: `.` stops at a newline, and `/x%0A` must be a 404 in the envelope too.
+ANY_PATH = "/{path:[\\s\\S]*}"
 
 
 def error_response(
@@ -26,6 +30,21 @@ def error_response(
 ) -> web.Response:
     body = {"error": {"code": code, "message": message, "details": details}}
     return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json", headers=headers)
+
+
+# What reading a body raises when its chunked framing or Content-Encoding breaks mid-body, or the client
+# goes away before sending all of it (then nobody reads the answer, but nothing is logged as a bug either).
+BODY_ERRORS = (HttpProcessingError, RequestPayloadError, ConnectionError)
+
+
+def body_unreadable() -> web.Response:
+    response = error_response(
+        400,
+        "malformed_request",
+        "the request body could not be read: broken chunked framing or Content-Encoding, or the connection closed",
+    )
+    response.force_close()
+    return response
 
 
 def internal_error() -> web.Response:
@@ -44,6 +63,8 @@ def enveloped(handler: Handler) -> Handler:
             return requestid.tag(request, await handler(request))
         except web.HTTPException:
             raise
+        except BODY_ERRORS:
+            return body_unreadable()
         except Exception:
             log.exception("request %s: unhandled error on %s %s", requestid.of(request), request.method, request.path)
             return requestid.tag(request, internal_error())
@@ -72,4 +93,4 @@ def add_fallback_routes(app: web.Application) -> None:
         if isinstance(resource, web.Resource):
             methods = sorted({route.method for route in resource if route.method != "HEAD"})
             resource.add_route("*", enveloped(method_not_allowed(*methods)))
-    app.router.add_route("*", "/{path:.*}", enveloped(not_found))
+    app.router.add_route("*", ANY_PATH, enveloped(not_found))

@@ -16,7 +16,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from receiver.auth import Authenticator, AuthFailed
-from receiver.errors import error_response, internal_error
+from receiver.errors import BODY_ERRORS, body_unreadable, error_response, internal_error
 from receiver.logs import Template
 from receiver.models import Job
 from receiver.requestid import REQUEST_ID, request_id
@@ -123,6 +123,8 @@ class JobIntake:
                 response = error_response(408, "request_timeout", f"body not received within {self._read_timeout:g} s")
                 response.force_close()
                 return response, None
+            except BODY_ERRORS:
+                return body_unreadable(), None
 
         message_id = None
         if auth is not None:

@@ -62,7 +62,18 @@ class Job(BaseModel):
     keys pass validation; they survive in the stored raw body, not here.
     """
 
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    model_config = ConfigDict(
+        strict=True,
+        extra="ignore",
+        frozen=True,
+        # What `_one_generation` checks, for the published JSON Schema (GET /openapi.json).
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["attempts"], "properties": {"attempts": {"type": "integer"}}},
+                {"required": ["jobUrl"], "properties": {"jobUrl": {"type": "string"}}},
+            ]
+        },
+    )
 
     accountId: AccountId
     jobId: JobId

@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from receiver.app import SERVER_OPTIONS, create_app
+from receiver.serving import install_connection_hooks
 from receiver.settings import Settings
 
 AppClient = TestClient[Any, Any]
@@ -40,8 +41,11 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def make_client(aiohttp_client: Any, db_path: Path) -> MakeClient:
     async def make(**sections: Any) -> AppClient:
-        app = create_app(make_settings(db_path, **sections))
-        client: AppClient = await aiohttp_client(app, server_kwargs=SERVER_OPTIONS)
+        settings = make_settings(db_path, **sections)
+        client: AppClient = await aiohttp_client(create_app(settings), server_kwargs=SERVER_OPTIONS)
+        assert client.server.runner is not None and client.server.runner.server is not None
+        # As `jobhook serve` does: aiohttp's own error answers in the envelope, the connection cap.
+        install_connection_hooks(client.server.runner.server, settings.server.max_connections)
         return client
 
     return make
