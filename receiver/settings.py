@@ -285,9 +285,10 @@ def parse_settings(text: str, env: Mapping[str, str], source: str = "config") ->
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(root)"
-        raise ConfigError(
-            source, [{"field": where, "message": f"not valid YAML: {getattr(exc, 'problem', exc)}"}]
-        ) from None
+        reason = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line, whatever YAML said
+        raise ConfigError(source, [{"field": where, "message": f"not valid YAML: {reason}"}]) from None
+    except RecursionError:
+        raise ConfigError(source, [{"field": "(root)", "message": "not valid YAML: nested too deeply"}]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

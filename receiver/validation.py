@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
@@ -17,8 +19,12 @@ class FieldProblem(TypedDict):
     message: str
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+
+
 def dotted_path(loc: Sequence[int | str]) -> str:
-    """('rules', 0, 'notify') -> 'rules[0].notify'."""
+    """('rules', 0, 'notify') -> 'rules[0].notify'; a key that is not a plain name is quoted:
+    `targets["my target"]`, `["\\r"]`, so a problem always fits on its one line."""
     path = ""
     for part in loc:
         # pydantic's marker for a bad mapping key (the key itself is the path), and the tags of our
@@ -27,6 +33,8 @@ def dotted_path(loc: Sequence[int | str]) -> str:
             continue
         if isinstance(part, int):
             path += f"[{part}]"
+        elif not _PLAIN_KEY.fullmatch(part):
+            path += f"[{json.dumps(part)}]"
         else:
             path += f".{part}" if path else str(part)
     return path

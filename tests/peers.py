@@ -45,12 +45,13 @@ async def wait_until(predicate: Callable[[], object], within: float = 5.0) -> No
         await asyncio.sleep(0.01)
 
 
-async def serve_locally(app: web.Application) -> tuple[web.AppRunner, int]:
-    """Serve `app` on a free loopback port; the caller cleans the runner up."""
+async def serve_locally(app: web.Application, port: int = 0) -> tuple[web.AppRunner, int]:
+    """Serve `app` on loopback, on `port` or a free one; the caller cleans the runner up."""
     runner = web.AppRunner(app, shutdown_timeout=1.0)
     await runner.setup()
     sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
     port: int = sock.getsockname()[1]
     await web.SockSite(runner, sock).start()
     return runner, port
@@ -77,11 +78,12 @@ class HttpSink:
 
     response_text = "ok"
 
-    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
+    def __init__(self, status: int = 200, delay: float = 0.0, port: int = 0) -> None:
+        """`port`: listen there (e.g. where a test kept a 'down' peer until now); 0 picks a free one."""
         self.status = status
         self.delay = delay
         self.requests: list[Recorded] = []
-        self.port = 0
+        self.port = port
         self._runner: web.AppRunner | None = None
         self._released = asyncio.Event()
 
@@ -103,7 +105,7 @@ class HttpSink:
     async def __aenter__(self) -> Self:
         app = web.Application()
         self._routes(app)
-        self._runner, self.port = await serve_locally(app)
+        self._runner, self.port = await serve_locally(app, self.port)
         return self
 
     async def __aexit__(
@@ -148,8 +150,13 @@ class ReceivedMail:
 @dataclass
 class _Recorder:
     messages: list[ReceivedMail] = field(default_factory=list)
+    refuse: str | None = None  # an SMTP reply like "451 4.3.0 try again later": every message is refused with it
+    refused: int = 0
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.refuse is not None:
+            self.refused += 1
+            return self.refuse
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
         self.messages.append(ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), message))
@@ -167,6 +174,19 @@ class SmtpSink:
     @property
     def messages(self) -> list[ReceivedMail]:
         return self._recorder.messages
+
+    @property
+    def refuse(self) -> str | None:
+        """Set to an SMTP reply (`"451 4.3.0 try later"`, `"554 5.7.1 rejected"`) to refuse every message."""
+        return self._recorder.refuse
+
+    @refuse.setter
+    def refuse(self, reply: str | None) -> None:
+        self._recorder.refuse = reply
+
+    @property
+    def refused(self) -> int:
+        return self._recorder.refused
 
     def url(self, sender: str = "jobs@example.com", to: str = "ops@example.com") -> str:
         return f"mailto://127.0.0.1:{self.port}?from={sender}&to={to}&mode=insecure"

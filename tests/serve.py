@@ -17,12 +17,12 @@ def free_port() -> int:
         return port
 
 
-def write_config(directory: Path, port: int, extra: str = "", server: str = "") -> Path:
-    """`extra`: more top-level YAML; `server`: more keys of the `server` mapping (`read_timeout: 1s`)."""
+def write_config(directory: Path, port: int, extra: str = "", server: str = "", database: str = "") -> Path:
+    """`extra`: more top-level YAML; `server`, `database`: more keys of those mappings (`read_timeout: 1s`)."""
     config = directory / "jobhook.yaml"
     config.write_text(
         f"server: {{host: 127.0.0.1, port: {port}{', ' + server if server else ''}}}\n"
-        f"database: {{url: 'sqlite:///{directory / 'data' / 'jobhook.db'}'}}\n"
+        f"database: {{url: 'sqlite:///{directory / 'data' / 'jobhook.db'}'{', ' + database if database else ''}}}\n"
         f"auth: {{mode: none}}\n{extra}"
     )
     return config

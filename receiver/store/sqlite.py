@@ -125,6 +125,7 @@ class SqliteStore(HistoryQueries):
         self._busy_timeout_ms = busy_timeout_ms
         self._notify_statuses = notify_statuses
         self._writer: GroupCommitWriter[EventRow, Ingested] | None = None
+        self._opened: sqlite3.Connection | None = None  # the writer's first connection, opened by `open`
         self._reader: aiosqlite.Connection | None = None
         # Filled by the writer thread, one observation per committed round; read by /metrics.
         self.batch_sizes = Histogram(BATCH_SIZE_BUCKETS)
@@ -132,15 +133,15 @@ class SqliteStore(HistoryQueries):
 
     # --- lifecycle -------------------------------------------------------------------------
     async def open(self) -> None:
+        """Open the store. A database that cannot be written now (read-only, disk full, locked) does not stop
+        the server: intake answers 503 and the writer connects again on each round until it can."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await asyncio.to_thread(self._connect)
-        applied = await asyncio.to_thread(apply_migrations, conn)
-        if applied:
-            log.info("applied migrations: %s", ", ".join(applied))
-        if self._synchronous == "FULL":  # the WAL file now exists: make its directory entry durable too
-            await asyncio.to_thread(_fsync_path, self.path.parent)
+        try:
+            self._opened = await asyncio.to_thread(self._connect_and_migrate)
+        except sqlite3.OperationalError as exc:
+            log.error("the store cannot be written now (%s); intake answers 503 until it can", exc)
         self._writer = GroupCommitWriter(
-            lambda: conn,
+            self._writer_connection,
             self._write_events,
             asyncio.get_running_loop(),
             batch_sizes=self.batch_sizes,
@@ -158,6 +159,25 @@ class SqliteStore(HistoryQueries):
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
+
+    def _connect_and_migrate(self) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            applied = apply_migrations(conn)
+            if self._synchronous == "FULL":  # the WAL file now exists: make its directory entry durable too
+                _fsync_path(self.path.parent)
+        except BaseException:
+            conn.close()
+            raise
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        return conn
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        """For the writer thread: the connection opened at startup, then a new one each time a failure closed it
+        (an I/O error leaves a connection in an unknown state)."""
+        conn, self._opened = self._opened, None
+        return conn if conn is not None else self._connect_and_migrate()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, cached_statements=512)

@@ -152,6 +152,8 @@ class GroupCommitWriter(Generic[Row, Result]):
             return [([fut for _, fut in work], exc)]
         self.commit_seconds.observe(time.perf_counter() - started)
         self.batch_sizes.observe(len(work))
+        if not self.healthy:
+            log.warning("store commits again")
         self.healthy = True
         return settlements
 
