@@ -30,6 +30,7 @@ import aiohttp
 import pytest
 
 from tests import serve
+from tests.conftest import release
 from tests.jobs import job
 
 JSON = {"Content-Type": "application/json"}
@@ -150,3 +151,67 @@ async def test_disk_full_answers_503_then_recovers_by_itself(tmp_path: Path) -> 
     stored = stored_job_ids(tmp_path / "data" / "jobhook.db")
     assert client.acked == {j["jobId"] for j in before + during + after}
     assert client.acked <= stored, f"{len(client.acked - stored)} acknowledged events lost"
+
+
+def set_writable(folder: Path, writable: bool) -> None:
+    for path in folder.iterdir():
+        path.chmod(0o644 if writable else 0o444)
+    folder.chmod(0o755 if writable else 0o555)
+
+
+@pytest.mark.slow
+async def test_read_only_database_answers_503_then_recovers_by_itself(tmp_path: Path) -> None:
+    port = serve.free_port()
+    config = serve.write_config(tmp_path, port, database="busy_timeout: 500ms")
+    log = tmp_path / "serve.log"
+    data = tmp_path / "data"
+    proc = start(config, log, _without_dac_override)
+    try:
+        await asyncio.to_thread(serve.wait_healthy, port, proc)
+        async with poster(port) as client:
+            before = jobs(30)
+            assert all(s == 202 for s, _, _ in await asyncio.gather(*(client.post(j) for j in before)))
+        stop(proc)
+
+        set_writable(data, False)  # the database file, its WAL files and their folder
+        proc = start(config, log, _without_dac_override)
+        await asyncio.to_thread(serve.wait_healthy, port, proc)  # it serves, though it cannot store
+        async with poster(port) as client:
+            client.acked |= {j["jobId"] for j in before}
+            during = jobs(20)
+            await client.refused_while_faulty(during)
+            assert await ready(port) == 503
+
+            set_writable(data, True)
+            await client.retried_until_accepted(during)
+            assert await ready(port) == 200
+    finally:
+        set_writable(data, True)
+        stop(proc)
+    assert "Traceback" not in log.read_text()
+    assert client.acked == {j["jobId"] for j in before + during}
+    assert client.acked <= stored_job_ids(data / "jobhook.db")
+
+
+@pytest.mark.slow
+async def test_lock_held_by_another_process_answers_503_then_recovers(tmp_path: Path, lock_holder: Any) -> None:
+    port = serve.free_port()
+    config = serve.write_config(tmp_path, port, database="busy_timeout: 300ms")  # the lock_holder's database
+    proc = start(config, tmp_path / "serve.log")
+    try:
+        await asyncio.to_thread(serve.wait_healthy, port, proc)
+        async with poster(port) as client:
+            before = jobs(30)
+            assert all(s == 202 for s, _, _ in await asyncio.gather(*(client.post(j) for j in before)))
+            holder = lock_holder()
+            during = jobs(30)
+            for chunk in (during[:15], during[15:]):
+                await client.refused_while_faulty(chunk)
+            assert await ready(port) == 503
+            release(holder)
+            await client.retried_until_accepted(during)
+            assert await ready(port) == 200
+    finally:
+        stop(proc)
+    assert client.acked == {j["jobId"] for j in before + during}
+    assert client.acked <= stored_job_ids(tmp_path / "data" / "jobhook.db")
