@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP_RUN  := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ bench: $(STAMP_TEST)
 	$(BIN)/python -m bench.ingest $(BENCH_ARGS)
 	$(BIN)/python -m bench.delivery $(BENCH_ARGS) $(DELIVERY_ARGS)
 	$(BIN)/python -m bench.history $(HISTORY_ARGS)
+
+# 10 minutes of mixed load (not part of `make bench` or CI): are RSS and latency flat?
+# `make soak SOAK_ARGS="--duration 60 --interval 15"` for a short proof run.
+soak: $(STAMP_TEST)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
