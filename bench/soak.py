@@ -41,6 +41,16 @@ START, END = "<!-- bench:soak:start -->", "<!-- bench:soak:end -->"
 RSS_FLAT = 1.10  # last interval's RSS at most 10% above the first's
 P99_FLAT = 1.5
 MAX_IN_FLIGHT = 256
+SECTION = """## Soak (`bench/soak.py`)
+
+What is measured: whether the server's memory and latency stay flat under a steady mix for a long time
+(issue 6): callbacks at a fixed rate (open loop: requests start on schedule whether or not earlier ones
+finished) walking jobs through Created, Running, then Succeeded or Failed, with repeats; history reads; every
+Failed job delivered to a sink process. Each interval it samples VmRSS and that interval's latencies. Not part
+of `make bench` or CI. Reproduce: `make soak` (10 minutes), or `make soak SOAK_ARGS="--duration 60
+--interval 15"`; `--write-readme` rewrites the figures below.
+
+"""
 STAGES = ("Created", "Running")
 
 
@@ -280,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = report(rows, args, counts, problems)
     print(text)
     if args.write_readme:
-        write_readme(text, START, END, "## Soak (`bench/soak.py`)\n\n")
+        write_readme(text, START, END, SECTION)
     return 0
 
 

@@ -367,6 +367,7 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
             cwd=tmp_path,
         )
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+        print(*(line.strip() for line in run.stdout.splitlines() if "generated" in line))  # shown by pytest -rP
         serve.wait_healthy(port, proc)  # still serving
     finally:
         proc.send_signal(signal.SIGTERM)
