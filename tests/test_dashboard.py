@@ -84,6 +84,8 @@ def test_redirects_stay_on_this_server(target: str | None, expected: str) -> Non
 def test_times_read_naturally() -> None:
     now = 1_800_000_000_000
     assert when(now) == "2027-01-15 08:00:00 UTC"
+    assert when(2**63 - 1) == f"{2**63 - 1} ms after 1970"  # valid in a job object, past datetime's year 9999
+    assert ago(2**63 - 1, now)
     assert [ago(now - ms, now) for ms in (0, 42_000, 300_000, 3 * 3600_000, 12 * 86400_000)] == [
         "just now",
         "42 s ago",

@@ -28,7 +28,10 @@ def when(ms: int | None) -> str:
     """Epoch milliseconds as `2026-11-29 17:20:05 UTC`."""
     if ms is None:
         return ""
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:  # a job object may carry any epoch ms up to 2^63 - 1; datetime stops at the year 9999
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (ValueError, OverflowError, OSError):
+        return f"{ms} ms after 1970"
 
 
 def ago(ms: int | None, now_ms: int) -> str:
