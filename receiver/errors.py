@@ -37,10 +37,11 @@ def error_response(
 BODY_ERRORS = (HttpProcessingError, RequestPayloadError, ConnectionError)
 
 
-def body_unreadable() -> web.Response:
+def body_unreadable(code: str = "malformed_request") -> web.Response:
+    """400 for a body that could not be read; intake says `malformed_json`, its one 400 code (SPEC §3)."""
     response = error_response(
         400,
-        "malformed_request",
+        code,
         "the request body could not be read: broken chunked framing or Content-Encoding, or the connection closed",
     )
     response.force_close()

@@ -124,7 +124,7 @@ class JobIntake:
                 response.force_close()
                 return response, None
             except BODY_ERRORS:
-                return body_unreadable(), None
+                return body_unreadable("malformed_json"), None
 
         message_id = None
         if auth is not None:

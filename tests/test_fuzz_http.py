@@ -385,3 +385,19 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("path", "code"), [("/webhooks/jobs", "malformed_json"), ("/api/watch", "malformed_request")], ids=["intake", "api"]
+)
+def test_a_body_that_does_not_decode_is_400_not_500(server: int, path: str, code: str) -> None:
+    body = b"this is not gzip"
+    raw = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+    [(status, answer)] = responses(exchange(server, raw))
+    assert status == 400
+    assert_envelope(status, answer)
+    assert json.loads(answer)["error"]["code"] == code
