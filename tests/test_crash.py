@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -28,6 +29,16 @@ def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             env=env,
         )
+
+
+def all_sent(directory: Path) -> bool:
+    """Every transition expanded and every delivery recorded as sent, read from the server's database file."""
+    with contextlib.closing(sqlite3.connect(directory / "data" / "jobhook.db")) as conn:
+        (unsent,) = conn.execute(
+            "SELECT (SELECT count(*) FROM outbox WHERE processed_at IS NULL)"
+            " + (SELECT count(*) FROM deliveries WHERE state != 'sent')"
+        ).fetchone()
+    return bool(unsent == 0)
 
 
 async def load(port: int, acked: dict[str, str], stop: asyncio.Event, clients: int = 16) -> None:
@@ -93,7 +104,7 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> N
             def notified() -> set[str]:
                 return {json.loads(r.body)["title"].split()[2] for r in sink.requests}
 
-            await wait_until(lambda: failed <= notified(), within=60)
+            await wait_until(lambda: failed <= notified() and all_sent(tmp_path), within=60)
             titles = [json.loads(r.body)["title"] for r in sink.requests]
             duplicates = len(titles) - len(set(titles))
             print(
@@ -111,9 +122,10 @@ CONCURRENCY = 8
 
 @pytest.mark.slow
 async def test_kill_9_while_the_worker_delivers_to_a_slow_sink(tmp_path: Path) -> None:
-    """The kill lands while sends are in flight (the sink answers slowly) and intake is still busy. After the
-    restart every acknowledged Failed job reaches the sink; only the sends in flight at the kill may repeat
-    (SPEC §6: duplicates ≤ max(0.1%, delivery.concurrency)); their leases expire after `delivery.lease`."""
+    """After a burst of callbacks, the kill lands while the worker drains the backlog with every slot busy (the
+    sink answers slowly). After the restart every acknowledged Failed job reaches the sink; only the sends in
+    flight at the kill may repeat (SPEC §6: duplicates ≤ max(0.1%, delivery.concurrency)); their leases expire
+    after `delivery.lease`."""
     async with JsonSink(delay=0.3) as sink:
         port = serve.free_port()
         config = serve.write_config(
@@ -131,13 +143,14 @@ async def test_kill_9_while_the_worker_delivers_to_a_slow_sink(tmp_path: Path) -
         acked: dict[str, str] = {}
         stop = asyncio.Event()
         posting = asyncio.create_task(load(port, acked, stop))
-        # Busy: sends in flight, a backlog behind them, and callbacks still arriving.
-        await wait_until(lambda: len(acked) >= 1500 and len(sink.requests) >= 20, within=60)
-        received_before_kill = len(sink.requests)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        stop.set()
+        await wait_until(lambda: len(acked) >= 1500, within=60)
+        stop.set()  # the burst is over: the worker now drains the backlog with every slot in use
         await posting
+        drained_from = len(sink.requests)
+        await wait_until(lambda: len(sink.requests) >= drained_from + 3 * CONCURRENCY, within=60)
+        received_before_kill = len(sink.requests)
+        proc.send_signal(signal.SIGKILL)  # up to `delivery.concurrency` sends in flight, a backlog behind them
+        proc.wait()
         acked_at_kill = dict(acked)
         failed = {job_id for job_id, status in acked_at_kill.items() if status == "Failed"}
         assert len(failed) > received_before_kill  # a backlog was waiting at the kill
@@ -154,8 +167,8 @@ async def test_kill_9_while_the_worker_delivers_to_a_slow_sink(tmp_path: Path) -
             def notified() -> set[str]:
                 return {json.loads(r.body)["title"].split()[2] for r in sink.requests}
 
-            await wait_until(lambda: failed <= notified(), within=120)
-            await asyncio.sleep(1.0)  # let anything still queued arrive before counting
+            # Every row sent, the re-sends of the leases the kill left behind included, before counting.
+            await wait_until(lambda: failed <= notified() and all_sent(tmp_path), within=120)
             titles = [json.loads(r.body)["title"] for r in sink.requests]
             duplicates = len(titles) - len(set(titles))
             print(  # the figures bench/README.md quotes (pytest -rP shows them)
