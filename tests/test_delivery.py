@@ -149,6 +149,7 @@ async def test_claims_of_a_crashed_worker_are_taken_over_after_the_lease(make_cl
         )
         store, worker = client.app[STORE], client.app[WORKER]
         await worker.stop(grace=0)  # this process's worker "dies"; we claim as it would have
+        await wait_until(lambda: not worker.running)  # a pass already under way could expand the outbox first
         await post(client, failed())
         [outbox] = await store.unprocessed_outbox()
         await store.expand_outbox([outbox.id], plan_deliveries(outbox, client.app[NOTIFIERS].rules), 1)

@@ -141,7 +141,7 @@ def assert_clean_answer(code: int, out: str, err: str) -> None:
         assert line.isprintable() and PROBLEM_LINE.match(line), f"not a `source: key.path: reason` line: {line!r}"
 
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
