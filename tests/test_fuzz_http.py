@@ -61,6 +61,7 @@ MEDIA_TYPES = [
     "",
 ]
 SECRET = "fuzz-token-0123456789abcdef"
+WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 def assert_envelope(status: int, raw: bytes) -> None:
@@ -103,7 +104,7 @@ HEADERS = st.fixed_dictionaries(
         "Authorization": st.sampled_from([f"Bearer {SECRET}", "Bearer", "Basic eDp5", ""]) | HEADER_TEXT,
         "webhook-id": HEADER_TEXT,
         "webhook-timestamp": st.integers(-(2**70), 2**70).map(str) | HEADER_TEXT,
-        "webhook-signature": st.just("v1,") | HEADER_TEXT,
+        "webhook-signature": st.sampled_from(["v1,", "v1,AAAA", "v2,x v1,y", ""]) | HEADER_TEXT,
         "Accept": st.sampled_from(["text/html", "*/*", "application/json", "application/json, text/html"]),
         "Origin": st.sampled_from(["http://127.0.0.1", "http://evil.example"]),
         "Sec-Fetch-Site": st.sampled_from(["same-origin", "cross-site"]),
@@ -126,7 +127,13 @@ QUERIES = st.dictionaries(
 
 
 @pytest.mark.parametrize(
-    "sections", [{"auth": {"mode": "none"}}, {"auth": {"mode": "token", "secrets": [SECRET]}}], ids=["open", "token"]
+    "sections",
+    [
+        {"auth": {"mode": "none"}},
+        {"auth": {"mode": "token", "secrets": [SECRET]}},
+        {"auth": {"mode": "standard-webhooks", "secrets": [WHSEC]}},
+    ],
+    ids=["open", "token", "standard-webhooks"],
 )
 @FUZZ
 @given(method=st.sampled_from(METHODS), path=PATHS, query=QUERIES, headers=HEADERS, data=BODIES)
