@@ -17,12 +17,14 @@ def free_port() -> int:
         return port
 
 
-def write_config(directory: Path, port: int, extra: str = "") -> Path:
-    config = directory / "jobhook.yaml"
+def write_config(
+    directory: Path, port: int, extra: str = "", database_url: str | None = None, name: str = "jobhook.yaml"
+) -> Path:
+    """A config serving on `port`; the store is `database_url`, by default a SQLite file under `directory`."""
+    config = directory / name
+    url = database_url or f"sqlite:///{directory / 'data' / 'jobhook.db'}"
     config.write_text(
-        f"server: {{host: 127.0.0.1, port: {port}}}\n"
-        f"database: {{url: 'sqlite:///{directory / 'data' / 'jobhook.db'}'}}\n"
-        f"auth: {{mode: none}}\n{extra}"
+        f"server: {{host: 127.0.0.1, port: {port}}}\ndatabase: {{url: '{url}'}}\nauth: {{mode: none}}\n{extra}"
     )
     return config
 
