@@ -10,22 +10,28 @@ Across processes nothing in memory can be trusted, so the database decides:
    `receiver.store.batch.plan_batch` (the same pure rule as SQLite) decides state and transitions;
 4. job upserts and outbox rows are written with `unnest` arrays: five statements whatever the batch size.
 
-`BatchQueue` is the group commit: requests queue rows and await a future; a few flush tasks each take
-everything queued, write it in one transaction, and answer every request of it after COMMIT.
+`IngestThread` is the group commit (see its docstring).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Collection, Sequence
+import threading
+import time
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
+
+from receiver.durations import now_ms
 from receiver.store.base import EventRow, Ingested
 from receiver.store.batch import plan_batch
 from receiver.store.transitions import Position
 from receiver.store.writer import StoreUnavailable
+from receiver.tally import Histogram
 
 if TYPE_CHECKING:
     from receiver.store.pg_sql import Conn
@@ -33,6 +39,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("jobhook.store")
 
 MAX_BATCH = 2000
+ATTEMPTS = 3  # a batch caught in a deadlock or serialisation failure is rolled back and written again
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
+RETRIED = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
 _LOCK_JOBS = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k"
 _INSERT_EVENTS = """
@@ -89,57 +98,153 @@ async def write_batch(
     return plan.results
 
 
-class BatchQueue:
-    """Group commit on the event loop: `flushers` tasks, each writing whatever is queued as one transaction.
+def _settle(futures: list[asyncio.Future[Ingested]], outcome: list[Ingested] | BaseException) -> None:
+    for i, future in enumerate(futures):
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome[i])
 
-    With more than one flusher, a batch is written while the previous one waits for its commit.
+
+class IngestThread:
+    """Group commit on a thread of its own: its event loop, its connections, `flushers` flush tasks.
+
+    On the app's loop, every round trip of a batch would wait behind the HTTP requests being parsed; here
+    a batch's five round trips run back to back. Requests queue rows with `submit` and await a future on the
+    app's loop; each flush task takes everything queued, writes it in one transaction (with more than one
+    flusher, a batch is written while the previous one waits for its commit), and answers the whole batch
+    with one `call_soon_threadsafe` after COMMIT.
     """
 
-    def __init__(self, write: Callable[[list[EventRow]], Awaitable[list[Ingested]]], flushers: int = 2) -> None:
-        self._write = write
-        self._pending: list[tuple[EventRow, asyncio.Future[Ingested]]] = []
-        self._has_work = asyncio.Event()
+    def __init__(
+        self,
+        url: str,
+        *,
+        notify_statuses: Collection[str],
+        flushers: int,
+        command_timeout: float,
+        server_settings: dict[str, str],
+        batch_sizes: Histogram,
+        commit_seconds: Histogram,
+    ) -> None:
+        self._url = url
+        self._notify_statuses = notify_statuses
+        self._flushers = flushers
+        self._command_timeout = command_timeout
+        self._server_settings = server_settings
+        self.batch_sizes = batch_sizes
+        self.commit_seconds = commit_seconds
+        self.healthy = True
+        self._inbox: collections.deque[tuple[EventRow, asyncio.Future[Ingested]]] = collections.deque()
+        self._wake_scheduled = False
         self._closing = False
-        self._tasks = [asyncio.create_task(self._flush(), name=f"pg-flush-{i}") for i in range(flushers)]
+        self._app_loop: asyncio.AbstractEventLoop | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="jobhook-pg-ingest", daemon=True)
+        self._has_work: asyncio.Event | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- the app's loop ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._app_loop = asyncio.get_running_loop()
+        self._thread.start()
+        try:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._open(), self._loop))
+        except BaseException:
+            await self._end_thread()
+            raise
 
     def submit(self, row: EventRow) -> asyncio.Future[Ingested]:
-        future: asyncio.Future[Ingested] = asyncio.get_running_loop().create_future()
+        assert self._app_loop is not None and self._has_work is not None
+        future: asyncio.Future[Ingested] = self._app_loop.create_future()
         if self._closing:
             future.set_exception(StoreUnavailable("the store is closing"))
             return future
-        self._pending.append((row, future))
-        self._has_work.set()
+        self._inbox.append((row, future))
+        if not self._wake_scheduled:  # one wake-up per batch, not per row
+            self._wake_scheduled = True
+            self._loop.call_soon_threadsafe(self._has_work.set)
         return future
 
     async def stop(self) -> None:
-        """Write what is queued, then end the flush tasks."""
+        """Write what is queued, then close the connections and end the thread."""
         self._closing = True
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._close(), self._loop))
+        await self._end_thread()
+
+    async def _end_thread(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        await asyncio.to_thread(self._thread.join)
+        self._loop.close()
+
+    # --- the ingest thread's loop ---------------------------------------------------------------------
+    async def _open(self) -> None:
+        self._has_work = asyncio.Event()
+        self._pool = await asyncpg.create_pool(
+            self._url,
+            min_size=self._flushers,
+            max_size=self._flushers,
+            command_timeout=self._command_timeout,
+            server_settings=self._server_settings,
+        )
+        self._tasks = [asyncio.create_task(self._flush(), name=f"pg-flush-{i}") for i in range(self._flushers)]
+
+    async def _close(self) -> None:
+        assert self._has_work is not None
         self._has_work.set()
         await asyncio.gather(*self._tasks)
+        if self._pool is not None:
+            await self._pool.close()
+
+    def _take(self) -> list[tuple[EventRow, asyncio.Future[Ingested]]]:
+        self._wake_scheduled = False  # before draining: a row queued from now on schedules a new wake-up
+        batch: list[tuple[EventRow, asyncio.Future[Ingested]]] = []
+        while self._inbox and len(batch) < MAX_BATCH:
+            batch.append(self._inbox.popleft())
+        return batch
 
     async def _flush(self) -> None:
+        assert self._has_work is not None and self._app_loop is not None
         while True:
-            if not self._pending:
+            batch = self._take()
+            if not batch:
                 if self._closing:
                     return
                 self._has_work.clear()
                 await self._has_work.wait()
                 continue
-            batch = self._pending[:MAX_BATCH]
-            del self._pending[:MAX_BATCH]
             try:
-                results = await self._write([row for row, _ in batch])
+                outcome: list[Ingested] | BaseException = await self._write([row for row, _ in batch])
             except StoreUnavailable as exc:
-                outcome: list[Ingested] | BaseException = exc
+                outcome = exc
             except Exception as exc:  # a bug in the batch code: fail this batch (503), keep flushing
                 log.exception("writing a batch failed")
                 outcome = StoreUnavailable(f"{type(exc).__name__} while writing")
-            else:
-                outcome = results
-            for i, (_, future) in enumerate(batch):
-                if future.done():
+            self._app_loop.call_soon_threadsafe(_settle, [future for _, future in batch], outcome)
+
+    async def _write(self, rows: list[EventRow]) -> list[Ingested]:
+        """One transaction; a deadlock or serialisation failure is rolled back and written again."""
+        assert self._pool is not None
+        for attempt in range(1, ATTEMPTS + 1):
+            started = time.perf_counter()
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    results = await write_batch(conn, rows, self._notify_statuses, now_ms())
+            except RETRIED:
+                if attempt < ATTEMPTS:
                     continue
-                if isinstance(outcome, BaseException):
-                    future.set_exception(outcome)
-                else:
-                    future.set_result(outcome[i])
+                raise
+            except DB_ERRORS as exc:
+                reason = str(exc) or type(exc).__name__
+                if self.healthy:
+                    log.error("store cannot commit: %s", reason)
+                self.healthy = False
+                raise StoreUnavailable(reason) from exc
+            self.commit_seconds.observe(time.perf_counter() - started)
+            self.batch_sizes.observe(len(rows))
+            self.healthy = True
+            return results
+        raise AssertionError("unreachable")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -23,7 +22,7 @@ from receiver.store import pg_deliveries, pg_retention
 from receiver.store.base import EventRow, Ingested, OutboxItem, OutboxStats
 from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
 from receiver.store.history import HistoryQueries, Json
-from receiver.store.pg_ingest import BatchQueue, write_batch
+from receiver.store.pg_ingest import DB_ERRORS, IngestThread
 from receiver.store.pg_schema import MIGRATIONS
 from receiver.store.pg_sql import numbered
 from receiver.store.polling import OPEN_JOBS, TrackedJob
@@ -40,9 +39,6 @@ log = logging.getLogger("jobhook.store")
 T = TypeVar("T")
 
 MIGRATION_LOCK = 0x6A6F62686F6F6B  # "jobhook": one replica migrates at a time
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
-_RETRIED = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
-ATTEMPTS = 3  # a batch caught in a deadlock or serialisation failure is rolled back and written again
 
 
 def is_postgres_url(url: str) -> bool:
@@ -130,8 +126,7 @@ class PostgresStore(HistoryQueries):
         self._pool_size = pool_size
         self._flushers = flushers
         self._pool: asyncpg.Pool | None = None
-        self._batches: BatchQueue | None = None
-        self._healthy = True
+        self._ingest: IngestThread | None = None
         self.batch_sizes = Histogram(BATCH_SIZE_BUCKETS)
         self.commit_seconds = Histogram(COMMIT_SECONDS_BUCKETS)
 
@@ -154,19 +149,33 @@ class PostgresStore(HistoryQueries):
             raise StoreUnavailable(f"cannot open {display_url(self.url)}: {exc}") from exc
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
-        self._batches = BatchQueue(self._write_events, self._flushers)
+        ingest = IngestThread(
+            self.url,
+            notify_statuses=self._notify_statuses,
+            flushers=self._flushers,
+            command_timeout=self._command_timeout,
+            server_settings=self._server_settings,
+            batch_sizes=self.batch_sizes,
+            commit_seconds=self.commit_seconds,
+        )
+        try:
+            await ingest.start()
+        except DB_ERRORS as exc:
+            await self.close()
+            raise StoreUnavailable(f"cannot open {display_url(self.url)}: {exc}") from exc
+        self._ingest = ingest
 
     async def close(self) -> None:
-        if self._batches is not None:
-            await self._batches.stop()
-            self._batches = None
+        if self._ingest is not None:
+            await self._ingest.stop()
+            self._ingest = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
 
     @property
     def healthy(self) -> bool:
-        return self._pool is not None and self._healthy
+        return self._ingest is not None and self._ingest.healthy
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run `fn(conn, *args)` in one transaction on a pooled connection (the twin of the SQLite writer's call).
@@ -187,27 +196,9 @@ class PostgresStore(HistoryQueries):
     # --- intake ----------------------------------------------------------------------------
     def ingest(self, row: EventRow) -> asyncio.Future[Ingested]:
         """Store one event durably; resolves once its batch committed (StoreUnavailable if it cannot be)."""
-        if self._batches is None:
+        if self._ingest is None:
             raise RuntimeError("store is not open")
-        return self._batches.submit(row)
-
-    async def _write_events(self, rows: list[EventRow]) -> list[Ingested]:
-        for attempt in range(1, ATTEMPTS + 1):
-            started = time.perf_counter()
-            try:
-                results = await self.call(write_batch, rows, self._notify_statuses, now_ms())
-            except StoreUnavailable as exc:
-                if isinstance(exc.__cause__, _RETRIED) and attempt < ATTEMPTS:
-                    continue
-                if self._healthy:
-                    log.error("store cannot commit: %s", exc)
-                self._healthy = False
-                raise
-            self.commit_seconds.observe(time.perf_counter() - started)
-            self.batch_sizes.observe(len(rows))
-            self._healthy = True
-            return results
-        raise AssertionError("unreachable")
+        return self._ingest.submit(row)
 
     async def check_writable(self) -> None:
         await self.call(pg_deliveries.execute, _BEAT, now_ms())
