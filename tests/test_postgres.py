@@ -18,7 +18,7 @@ import pytest
 from receiver.app import create_store
 from receiver.models import TERMINAL
 from receiver.store import EventRow, Ingested, StoreUnavailable
-from receiver.store.deliveries import NewDelivery
+from receiver.store.deliveries import Grouping, NewDelivery
 from receiver.store.pg_schema import MIGRATIONS
 from receiver.store.postgres import PostgresStore, apply_migrations, display_url
 from receiver.store.schema import Migration
@@ -218,3 +218,35 @@ async def test_replicas_claim_disjoint_deliveries_and_take_over_expired_leases(
     assert await second.claim_due(now + lease - 1, lease, 100) == []
     taken = await second.claim_due(now + lease, lease, 100)
     assert sorted(d.id for d in taken) == sorted(ids)
+
+
+async def test_grouped_transitions_join_one_digest_at_a_time_across_replicas(
+    replicas: tuple[PostgresStore, PostgresStore], db: Any
+) -> None:
+    """Replicas expanding and claiming one group at once: every transition lands in exactly one digest, and
+    no transition joins a digest after the claim that sealed it (it would be missing from the message)."""
+    planned = await failed_transitions(replicas[0], 60)
+    grouped = [p._replace(group=Grouping("Failed", 0, 1)) for p in planned]
+    claimed: list[Any] = []
+
+    async def expand(store: PostgresStore, part: list[NewDelivery], now: int) -> None:
+        await store.expand_outbox([p.outbox_id for p in part], part, now)
+
+    async def claim(store: PostgresStore, now: int) -> None:
+        claimed.extend(await store.claim_due(now, 60_000, 10))
+
+    steps = []
+    for i in range(0, 60, 6):
+        now = 1_000 + i
+        steps += [
+            expand(replicas[i % 2], grouped[i : i + 3], now),
+            expand(replicas[1 - i % 2], grouped[i + 3 : i + 6], now),
+        ]
+        steps += [claim(replicas[i % 2], now), claim(replicas[1 - i % 2], now)]
+    await asyncio.gather(*steps)
+    claimed.extend(await replicas[0].claim_due(10_000, 60_000, 100))
+
+    assert db("SELECT count(*), count(DISTINCT outbox_id) FROM digest_members") == [(60, 60)]
+    assert db("SELECT count(*) FROM deliveries WHERE sealed = 0") == [(0,)]
+    in_messages = [member.job_id for digest in claimed for member in digest.members or ()]
+    assert sorted(in_messages) == sorted(p.job_id for p in planned)  # each claimed digest carried all its members

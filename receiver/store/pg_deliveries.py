@@ -5,8 +5,8 @@ several replicas need:
 
 - expand: only the transaction whose `UPDATE ... WHERE processed_at IS NULL` marks an outbox row creates
   its deliveries (a second replica's UPDATE waits for the first, then finds the row processed);
-- claim: `FOR UPDATE SKIP LOCKED` plus a lease, so replicas claim disjoint rows and a dead replica's
-  claims come back once `lease_until` has passed.
+- claim (`receiver.store.pg_flood`): `FOR UPDATE SKIP LOCKED` plus a lease, so replicas claim disjoint
+  rows and a dead replica's claims come back once `lease_until` has passed; digests and rate limits too.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from receiver.store.deliveries import DEAD, PENDING, RETRYING, SENT, ClaimedDelivery, NewDelivery, Outcome
-from receiver.store.history import DELIVERY_BY_ID, Json, attempts_query, notifications_json
+from receiver.store.deliveries import DEAD, PENDING, RETRYING, SENT, NewDelivery, Outcome
+from receiver.store.history import DELIVERY_BY_ID, Json, attempts_query, members_query, notifications_json
+from receiver.store.pg_flood import join_group
 from receiver.store.pg_ingest import columns
 from receiver.store.pg_sql import affected, numbered
 from receiver.store.polling import OBSERVE, TrackedJob
@@ -31,17 +32,9 @@ SELECT *, $9, $10::bigint, $10::bigint FROM unnest($1::bigint[], $2::text[], $3:
                                                    $6::text[], $7::text[], $8::text[])
 ON CONFLICT DO NOTHING
 """
-_CLAIM = """
-UPDATE deliveries SET lease_until = $1 + $2
-WHERE id IN (SELECT id FROM deliveries
-             WHERE state IN ('pending', 'retrying') AND next_attempt_at <= $1
-               AND (lease_until IS NULL OR lease_until <= $1)
-             ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)
-RETURNING id, target, title, body, notify_type, attempts, next_attempt_at
-"""
 _RECORD_ATTEMPTS = """
 INSERT INTO delivery_attempts (delivery_id, at, ok, error)
-SELECT d, $4::bigint, o, e FROM unnest($1::bigint[], $2::bool[], $3::text[]) AS u(d, o, e)
+SELECT d, $4::bigint, o, e FROM unnest($1::bigint[], $2::int[], $3::text[]) AS u(d, o, e)
 """
 _RECORD_STATES = """
 UPDATE deliveries d SET state = u.state, next_attempt_at = u.next_at, sent_at = u.sent_at, lease_until = NULL,
@@ -68,14 +61,13 @@ async def execute(conn: Conn, sql: str, *args: Any) -> int:
 async def expand(conn: Conn, outbox_ids: Sequence[int], planned: Sequence[NewDelivery], now: int) -> int:
     fresh = {row["id"] for row in await conn.fetch(_EXPAND, now, list(outbox_ids))}
     rows = [d for d in planned if d.outbox_id in fresh]
-    if rows:
-        await conn.execute(_INSERT_DELIVERIES, *columns(rows, 8), PENDING, now)
+    singles = [d[:8] for d in rows if d.group is None]
+    if singles:
+        await conn.execute(_INSERT_DELIVERIES, *columns(singles, 8), PENDING, now)
+    for delivery in rows:
+        if delivery.group is not None:
+            await join_group(conn, delivery, delivery.group, now)
     return len(rows)
-
-
-async def claim_due(conn: Conn, now: int, lease_ms: int, limit: int) -> list[ClaimedDelivery]:
-    rows = sorted(await conn.fetch(_CLAIM, now, lease_ms, limit), key=lambda row: row["next_attempt_at"])
-    return [ClaimedDelivery(*row[:6]) for row in rows]
 
 
 async def record(conn: Conn, outcomes: Sequence[Outcome], now: int) -> None:
@@ -88,7 +80,7 @@ async def record(conn: Conn, outcomes: Sequence[Outcome], now: int) -> None:
             states.append((outcome.delivery_id, DEAD, None, None))
         else:
             states.append((outcome.delivery_id, RETRYING, outcome.next_attempt_at, None))
-    attempts = [(o.delivery_id, o.ok, o.error) for o in outcomes]
+    attempts = [(o.delivery_id, int(o.ok), o.error) for o in outcomes]
     await conn.execute(_RECORD_ATTEMPTS, *columns(attempts, 3), now)
     await conn.execute(_RECORD_STATES, *columns(states, 4), SENT)
 
@@ -106,7 +98,10 @@ async def redeliver_one(conn: Conn, delivery_id: int, now: int) -> Json | None:
     if not await redeliver(conn, [delivery_id], now):
         return None
     rows = await fetch(conn, numbered(DELIVERY_BY_ID), delivery_id)
-    return notifications_json(rows, await fetch(conn, numbered(attempts_query([delivery_id])), delivery_id))[0]
+    attempt_rows = await fetch(conn, numbered(attempts_query([delivery_id])), delivery_id)
+    digests = [row[0] for row in rows if row[1] is None]
+    member_rows = await fetch(conn, numbered(members_query(digests)), *digests) if digests else []
+    return notifications_json(rows, attempt_rows, member_rows)[0]
 
 
 async def observe(conn: Conn, jobs: Sequence[TrackedJob], now: int) -> None:

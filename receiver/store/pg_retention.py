@@ -34,7 +34,24 @@ async def prune_jobs_chunk(conn: Conn, cutoff: int, limit: int) -> int:
         job_ids,
     )
     await conn.execute("DELETE FROM deliveries WHERE job_id = ANY($1)", job_ids)
+    await prune_digests(conn, job_ids)
     return affected(await conn.execute("DELETE FROM jobs WHERE job_id = ANY($1)", job_ids))
+
+
+async def prune_digests(conn: Conn, job_ids: list[str]) -> None:
+    """The pruned jobs leave their digests; a digest left with no member goes, with its attempts."""
+    emptied = [
+        row[0]
+        for row in await conn.fetch(
+            """SELECT DISTINCT digest_id FROM digest_members m WHERE job_id = ANY($1)
+               AND NOT EXISTS (SELECT 1 FROM digest_members o WHERE o.digest_id = m.digest_id
+                               AND NOT (o.job_id = ANY($1)))""",
+            job_ids,
+        )
+    ]
+    await conn.execute("DELETE FROM digest_members WHERE job_id = ANY($1)", job_ids)
+    await conn.execute("DELETE FROM delivery_attempts WHERE delivery_id = ANY($1::bigint[])", emptied)
+    await conn.execute("DELETE FROM deliveries WHERE id = ANY($1::bigint[])", emptied)
 
 
 async def id_bounds(conn: Conn, table: str) -> tuple[int, int]:

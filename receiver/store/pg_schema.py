@@ -82,7 +82,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             delivery_id BIGINT  NOT NULL REFERENCES deliveries (id),
             at          BIGINT  NOT NULL,
-            ok          BOOLEAN NOT NULL,
+            ok          INTEGER NOT NULL,  -- 0 or 1, as in SQLite, so statements are shared
             error       TEXT
         );
         CREATE INDEX delivery_attempts_delivery ON delivery_attempts (delivery_id);
@@ -111,6 +111,30 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX jobs_finished ON jobs (status, last_updated, job_id)
             WHERE status IN ('Succeeded', 'Failed', 'Cancelled');
         CREATE INDEX deliveries_state ON deliveries (state, id);
+        """,
+    ),
+    Migration(
+        "0005_flood_control",
+        """
+        -- A digest is a delivery with no single job (job_id and outbox_id NULL); its transitions are listed
+        -- in digest_members. Unlike SQLite, PostgreSQL relaxes NOT NULL in place.
+        ALTER TABLE deliveries ALTER COLUMN outbox_id DROP NOT NULL;
+        ALTER TABLE deliveries ALTER COLUMN job_id DROP NOT NULL;
+        ALTER TABLE deliveries ADD COLUMN group_key TEXT;
+        ALTER TABLE deliveries ADD COLUMN window_end BIGINT;
+        ALTER TABLE deliveries ADD COLUMN sealed INTEGER NOT NULL DEFAULT 1;
+        CREATE INDEX deliveries_group ON deliveries (rule, target, group_key, window_end)
+            WHERE group_key IS NOT NULL;
+        -- At most one open digest per group, whichever replica opens it.
+        CREATE UNIQUE INDEX deliveries_open_group ON deliveries (rule, target, group_key) WHERE sealed = 0;
+        CREATE TABLE digest_members (
+            digest_id BIGINT NOT NULL REFERENCES deliveries (id),
+            outbox_id BIGINT NOT NULL REFERENCES outbox (id),
+            job_id    TEXT   NOT NULL,
+            PRIMARY KEY (digest_id, outbox_id)
+        );
+        CREATE INDEX digest_members_job ON digest_members (job_id);
+        CREATE INDEX delivery_attempts_at ON delivery_attempts (at);
         """,
     ),
 )

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from receiver.durations import now_ms
-from receiver.store import pg_deliveries, pg_retention
+from receiver.store import pg_deliveries, pg_flood, pg_retention
 from receiver.store.base import EventRow, Ingested, OutboxItem, OutboxStats
 from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
 from receiver.store.history import HistoryQueries, Json
@@ -213,8 +213,15 @@ class PostgresStore(HistoryQueries):
     async def expand_outbox(self, outbox_ids: Sequence[int], planned: Sequence[NewDelivery], now: int) -> int:
         return await self.call(pg_deliveries.expand, outbox_ids, planned, now)
 
-    async def claim_due(self, now: int, lease_ms: int, limit: int) -> list[ClaimedDelivery]:
-        return await self.call(pg_deliveries.claim_due, now, lease_ms, limit)
+    async def claim_due(
+        self,
+        now: int,
+        lease_ms: int,
+        limit: int,
+        caps: Mapping[str, int] | None = None,
+        rate_limits: Mapping[str, int] | None = None,
+    ) -> list[ClaimedDelivery]:
+        return await self.call(pg_flood.claim_due, now, lease_ms, limit, caps, rate_limits)
 
     async def record_outcomes(self, outcomes: Sequence[Outcome], now: int) -> None:
         await self.call(pg_deliveries.record, outcomes, now)
