@@ -8,7 +8,7 @@ Across processes nothing in memory can be trusted, so the database decides:
    one of several concurrent identical posts gets its row back;
 3. the jobs' current state is read *after* the locks, so it includes every batch committed before, and
    `receiver.store.batch.plan_batch` (the same pure rule as SQLite) decides state and transitions;
-4. job upserts and outbox rows are written with `unnest` arrays: five statements whatever the batch size.
+4. job upserts and outbox rows are written with `unnest` arrays: four round trips whatever the batch size.
 
 `IngestThread` is the group commit (see its docstring).
 """
@@ -43,29 +43,36 @@ ATTEMPTS = 3  # a batch caught in a deadlock or serialisation failure is rolled 
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
 RETRIED = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
-_LOCK_JOBS = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k"
-_INSERT_EVENTS = """
-INSERT INTO events (job_id, last_updated, status, account_id, job_type, created, attempts,
-                    error_code, error_message, body, received_at)
-SELECT *, $11::bigint FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
-                                  $7::int[], $8::text[], $9::text[], $10::text[])
-ON CONFLICT DO NOTHING
-RETURNING id, job_id, last_updated, status
+# BEGIN and the locks in one round trip (the keys are integers we computed, inlined as literals).
+_BEGIN_AND_LOCK = "BEGIN; SELECT pg_advisory_xact_lock(k) FROM unnest('{{{keys}}}'::bigint[]) AS k"
+# The new events and, in a snapshot taken after the locks, the jobs' current state: one round trip.
+_INSERT_EVENTS_READ_JOBS = """
+WITH new AS (
+    INSERT INTO events (job_id, last_updated, status, account_id, job_type, created, attempts,
+                        error_code, error_message, body, received_at)
+    SELECT *, $11::bigint FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                                      $7::int[], $8::text[], $9::text[], $10::text[])
+    ON CONFLICT DO NOTHING
+    RETURNING id, job_id, last_updated, status
+)
+SELECT id, job_id, last_updated, status FROM new
+UNION ALL
+SELECT NULL, job_id, last_updated, status FROM jobs WHERE job_id = ANY($1::text[])
 """
-_CURRENT_JOBS = "SELECT job_id, last_updated, status FROM jobs WHERE job_id = ANY($1::text[])"
-_UPSERT_JOBS = """
-INSERT INTO jobs (job_id, last_updated, status, account_id, job_type, created, attempts,
-                  error_code, error_message, event_id)
-SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::int[],
-                     $8::text[], $9::text[], $10::bigint[])
-ON CONFLICT (job_id) DO UPDATE SET
-    last_updated = excluded.last_updated, status = excluded.status, account_id = excluded.account_id,
-    job_type = excluded.job_type, created = excluded.created, attempts = excluded.attempts,
-    error_code = excluded.error_code, error_message = excluded.error_message, event_id = excluded.event_id
-"""
-_INSERT_OUTBOX = """
+# Job state and outbox rows: one round trip.
+_UPSERT_JOBS_AND_OUTBOX = """
+WITH upsert AS (
+    INSERT INTO jobs (job_id, last_updated, status, account_id, job_type, created, attempts,
+                      error_code, error_message, event_id)
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::int[],
+                         $8::text[], $9::text[], $10::bigint[])
+    ON CONFLICT (job_id) DO UPDATE SET
+        last_updated = excluded.last_updated, status = excluded.status, account_id = excluded.account_id,
+        job_type = excluded.job_type, created = excluded.created, attempts = excluded.attempts,
+        error_code = excluded.error_code, error_message = excluded.error_message, event_id = excluded.event_id
+)
 INSERT INTO outbox (event_id, job_id, status, previous_status, created_at)
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+SELECT * FROM unnest($11::bigint[], $12::text[], $13::text[], $14::text[], $15::bigint[])
 """
 
 
@@ -82,19 +89,27 @@ def columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
 async def write_batch(
     conn: Conn, rows: Sequence[EventRow], notify_statuses: Collection[str], received_at: int
 ) -> list[Ingested]:
-    """Inside a transaction: dedupe, job state, outbox, for every row (see the module docstring)."""
-    await conn.execute(_LOCK_JOBS, sorted({lock_key(row.job_id) for row in rows}))
-    inserted = await conn.fetch(_INSERT_EVENTS, *columns(rows, 10), received_at)
-    if not inserted:
-        return [Ingested.DUPLICATE] * len(rows)
-    new_ids = {(r["job_id"], r["last_updated"], r["status"]): r["id"] for r in inserted}
-    touched = list({job_id for job_id, _, _ in new_ids})
-    current = {r["job_id"]: Position(r["last_updated"], r["status"]) for r in await conn.fetch(_CURRENT_JOBS, touched)}
-    plan = plan_batch(rows, new_ids, current, notify_statuses, received_at)
-    if plan.job_updates:
-        await conn.execute(_UPSERT_JOBS, *columns(plan.job_updates, 10))
-    if plan.outbox:
-        await conn.execute(_INSERT_OUTBOX, *columns(plan.outbox, 5))
+    """One transaction: dedupe, job state, outbox, for every row (see the module docstring).
+
+    Four round trips whatever the batch size: BEGIN + locks, events + current jobs, jobs + outbox, COMMIT.
+    """
+    keys = ",".join(str(key) for key in sorted({lock_key(row.job_id) for row in rows}))
+    await conn.execute(_BEGIN_AND_LOCK.format(keys=keys))
+    try:
+        found = await conn.fetch(_INSERT_EVENTS_READ_JOBS, *columns(rows, 10), received_at)
+        new_ids = {(r["job_id"], r["last_updated"], r["status"]): r["id"] for r in found if r["id"] is not None}
+        if not new_ids:
+            await conn.execute("COMMIT")
+            return [Ingested.DUPLICATE] * len(rows)
+        current = {r["job_id"]: Position(r["last_updated"], r["status"]) for r in found if r["id"] is None}
+        plan = plan_batch(rows, new_ids, current, notify_statuses, received_at)
+        if plan.job_updates or plan.outbox:
+            await conn.execute(_UPSERT_JOBS_AND_OUTBOX, *columns(plan.job_updates, 10), *columns(plan.outbox, 5))
+        await conn.execute("COMMIT")
+    except BaseException:
+        if not conn.is_closed():
+            await conn.execute("ROLLBACK")
+        raise
     return plan.results
 
 
@@ -112,7 +127,7 @@ class IngestThread:
     """Group commit on a thread of its own: its event loop, its connections, `flushers` flush tasks.
 
     On the app's loop, every round trip of a batch would wait behind the HTTP requests being parsed; here
-    a batch's five round trips run back to back. Requests queue rows with `submit` and await a future on the
+    a batch's four round trips run back to back. Requests queue rows with `submit` and await a future on the
     app's loop; each flush task takes everything queued, writes it in one transaction (with more than one
     flusher, a batch is written while the previous one waits for its commit), and answers the whole batch
     with one `call_soon_threadsafe` after COMMIT.
@@ -231,7 +246,7 @@ class IngestThread:
         for attempt in range(1, ATTEMPTS + 1):
             started = time.perf_counter()
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
+                async with self._pool.acquire() as conn:
                     results = await write_batch(conn, rows, self._notify_statuses, now_ms())
             except RETRIED:
                 if attempt < ATTEMPTS:
