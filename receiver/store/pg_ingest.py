@@ -248,11 +248,9 @@ class IngestThread:
             try:
                 async with self._pool.acquire() as conn:
                     results = await write_batch(conn, rows, self._notify_statuses, now_ms())
-            except RETRIED:
-                if attempt < ATTEMPTS:
-                    continue
-                raise
             except DB_ERRORS as exc:
+                if isinstance(exc, RETRIED) and attempt < ATTEMPTS:
+                    continue
                 reason = str(exc) or type(exc).__name__
                 if self.healthy:
                     log.error("store cannot commit: %s", reason)
