@@ -65,6 +65,9 @@ def test_the_password_in_a_url_is_never_displayed() -> None:
     assert display_url("postgresql://app:s3cret@db:5432/jobhook") == "postgresql://app:***@db:5432/jobhook"
     assert display_url("postgres://app@db/jobhook") == "postgres://app@db/jobhook"
     assert "s3cret" not in display_url("postgresql://:s3cret@db/jobhook")
+    assert display_url("postgresql://db/jobhook?user=app&password=s3cret&sslmode=require") == (
+        "postgresql://db/jobhook?user=app&password=***&sslmode=require"
+    )
 
 
 async def test_an_unreachable_server_fails_open_without_the_password(pg_admin: Admin) -> None:
