@@ -408,8 +408,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     runs.append(jobhook(synchronous, terminal_percent, args, tmp))
         if args.store in ("postgres", "all"):
             from bench.pg import postgres_runs  # imports this module
+            from tests.pgcluster import pg_bin
 
-            runs += postgres_runs(args, tmp)
+            if pg_bin("initdb") is None and args.store == "all":
+                progress("PostgreSQL runs skipped: no initdb (apt-get install -y postgresql)")
+            else:
+                runs += postgres_runs(args, tmp)
         runs.append(bare("bare aiohttp (end)", args, tmp))
     info = machine()
     report = (
