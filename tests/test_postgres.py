@@ -8,14 +8,16 @@ suite, which runs against both stores.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from receiver.app import create_store
+from receiver.app import SERVER_OPTIONS, create_app, create_store
 from receiver.models import TERMINAL
 from receiver.store import EventRow, Ingested, StoreUnavailable
 from receiver.store.deliveries import Grouping, NewDelivery
@@ -26,6 +28,7 @@ from tests.conftest import MakeClient, make_settings, open_store
 from tests.jobs import body, job
 from tests.peers import wait_until
 from tests.pgcluster import Admin
+from tests.test_cli import jobhook
 from tests.test_intake import assert_envelope, post
 
 pytestmark = pytest.mark.stores("postgres")
@@ -253,3 +256,25 @@ async def test_grouped_transitions_join_one_digest_at_a_time_across_replicas(
     assert db("SELECT count(*) FROM deliveries WHERE sealed = 0") == [(0,)]
     in_messages = [member.job_id for digest in claimed for member in digest.members or ()]
     assert sorted(in_messages) == sorted(p.job_id for p in planned)  # each claimed digest carried all its members
+
+
+async def test_the_database_password_reaches_no_log_line_and_no_cli_message(
+    database_url: str, aiohttp_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The test cluster trusts loopback connections, so any password is accepted and merely carried along.
+    secret = "Db-s3cret-Passw0rd"
+    url = database_url.replace("postgresql://postgres@", f"postgresql://postgres:{secret}@")
+    caplog.set_level(logging.DEBUG)
+    client = await aiohttp_client(create_app(make_settings(url)), server_kwargs=SERVER_OPTIONS)
+    assert (await post(client, job(status="Failed", error={"code": "x", "message": "m"})))[0] == 202
+    assert (await client.get("/readyz")).status == 200
+    await client.close()
+    assert "store open at postgresql://postgres:***@" in caplog.text
+    assert secret not in caplog.text
+
+    config = tmp_path / "jobhook.yaml"
+    unreachable = url.rsplit("/", 1)[0] + "/no_such_database"
+    config.write_text(f"database: {{url: '{unreachable}'}}\nauth: {{mode: none}}\n")
+    failed = await asyncio.to_thread(jobhook, "jobs", "--config", str(config))
+    assert failed.returncode != 0 and "cannot use the store" in failed.stderr
+    assert secret not in failed.stderr + failed.stdout
