@@ -94,8 +94,8 @@ async def write_batch(
     Four round trips whatever the batch size: BEGIN + locks, events + current jobs, jobs + outbox, COMMIT.
     """
     keys = ",".join(str(key) for key in sorted({lock_key(row.job_id) for row in rows}))
-    await conn.execute(_BEGIN_AND_LOCK.format(keys=keys))
     try:
+        await conn.execute(_BEGIN_AND_LOCK.format(keys=keys))
         found = await conn.fetch(_INSERT_EVENTS_READ_JOBS, *columns(rows, 10), received_at)
         new_ids = {(r["job_id"], r["last_updated"], r["status"]): r["id"] for r in found if r["id"] is not None}
         if not new_ids:
@@ -107,7 +107,7 @@ async def write_batch(
             await conn.execute(_UPSERT_JOBS_AND_OUTBOX, *columns(plan.job_updates, 10), *columns(plan.outbox, 5))
         await conn.execute("COMMIT")
     except BaseException:
-        if not conn.is_closed():
+        if not conn.is_closed():  # (a ROLLBACK outside a transaction is only a warning)
             await conn.execute("ROLLBACK")
         raise
     return plan.results
