@@ -27,6 +27,7 @@ from receiver.openapi import openapi_route
 from receiver.poller import BytescalePoller
 from receiver.settings import ConfigError, Settings
 from receiver.store import Store, StoreUnavailable
+from receiver.store.postgres import PostgresStore, display_url, is_postgres_url
 from receiver.store.sqlite import SqliteStore, sqlite_path
 
 log = logging.getLogger("jobhook")
@@ -37,8 +38,13 @@ RETENTION_FIRST_RUN = 60.0  # seconds after start: off the startup path
 RETENTION_INTERVAL = 3600.0
 
 
-def create_store(settings: Settings, notify_statuses: frozenset[str]) -> SqliteStore:
+def create_store(settings: Settings, notify_statuses: frozenset[str]) -> Store:
+    """`postgres://` / `postgresql://` select PostgreSQL (several replicas); anything else is a SQLite file."""
     db = settings.database
+    if is_postgres_url(db.url):
+        return PostgresStore(
+            db.url, synchronous=db.synchronous, command_timeout=db.busy_timeout, notify_statuses=notify_statuses
+        )
     return SqliteStore(
         sqlite_path(db.url),
         synchronous=db.synchronous,
@@ -48,7 +54,7 @@ def create_store(settings: Settings, notify_statuses: frozenset[str]) -> SqliteS
 
 
 def create_worker(
-    store: SqliteStore,
+    store: Store,
     settings: Settings,
     notifiers: NotifierConfig,
     intake_load: Callable[[], int],
@@ -131,7 +137,8 @@ async def _store_and_worker(app: web.Application) -> AsyncIterator[None]:
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, thread_name_prefix="jobhook-send"))
     await store.open()
     task = asyncio.create_task(worker.run(), name="delivery-worker")
-    log.info("store open at %s (synchronous=%s)", app[SETTINGS].database.url, app[SETTINGS].database.synchronous)
+    database = app[SETTINGS].database
+    log.info("store open at %s (synchronous=%s)", display_url(database.url), database.synchronous)
     retention = asyncio.create_task(_retention(store, app[SETTINGS]), name="retention")
     pollers = list(app[POLLERS].values())
     for poller in pollers:

@@ -27,6 +27,7 @@ from receiver.models import Job, WatchRequest
 from receiver.serving import serve_app
 from receiver.settings import ConfigError, Settings, load_settings
 from receiver.store import StoreUnavailable
+from receiver.store.postgres import display_url
 from receiver.validation import field_problems
 
 log = logging.getLogger("jobhook")
@@ -95,7 +96,7 @@ def _watch(settings: Settings, source: str, account_id: str, job_type: str, job_
     try:
         added = asyncio.run(add())
     except (OSError, sqlite3.Error, StoreUnavailable) as exc:
-        print(f"{settings.database.url}: cannot record the job: {exc}", file=sys.stderr)
+        print(f"{display_url(settings.database.url)}: cannot record the job: {exc}", file=sys.stderr)
         return EXIT_NO_MATCH
     state = "watching" if added else "already known"
     print(f"{state}: {wanted.accountId} {wanted.jobType} {wanted.jobId}")

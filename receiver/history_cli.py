@@ -21,8 +21,8 @@ from receiver.api import QueryError, parse_jobs_query, parse_time
 from receiver.app import create_store
 from receiver.durations import now_ms
 from receiver.settings import Settings
-from receiver.store import StoreUnavailable
-from receiver.store.sqlite import SqliteStore
+from receiver.store import Store, StoreUnavailable
+from receiver.store.postgres import display_url
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXPORT_FIELDS = (
@@ -64,7 +64,7 @@ COMMANDS = frozenset({"jobs", "show", "redeliver", "prune", "export"})
 
 
 def run_command(settings: Settings, args: argparse.Namespace) -> int:
-    handlers: dict[str, Callable[[SqliteStore, argparse.Namespace], Awaitable[int]]] = {
+    handlers: dict[str, Callable[[Store, argparse.Namespace], Awaitable[int]]] = {
         "jobs": _jobs,
         "show": _show,
         "redeliver": _redeliver,
@@ -93,7 +93,7 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
         print(f"jobhook {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (OSError, sqlite3.Error, StoreUnavailable) as exc:
-        print(f"{settings.database.url}: cannot use the store: {exc}", file=sys.stderr)
+        print(f"{display_url(settings.database.url)}: cannot use the store: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -109,7 +109,7 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
-async def _jobs(store: SqliteStore, args: argparse.Namespace) -> int:
+async def _jobs(store: Store, args: argparse.Namespace) -> int:
     query: list[tuple[str, str]] = [("limit", args.limit)]
     if args.status:
         query.append(("status", args.status))
@@ -132,7 +132,7 @@ async def _jobs(store: SqliteStore, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _show(store: SqliteStore, args: argparse.Namespace) -> int:
+async def _show(store: Store, args: argparse.Namespace) -> int:
     detail = await store.job_detail(args.job_id)
     if detail is None:
         print(f"no job {args.job_id[:80]!r} is stored", file=sys.stderr)
@@ -174,7 +174,7 @@ async def _show(store: SqliteStore, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _redeliver(store: SqliteStore, args: argparse.Namespace) -> int:
+async def _redeliver(store: Store, args: argparse.Namespace) -> int:
     if bool(args.ids) == bool(args.dead):
         print("jobhook redeliver: give notification ids or --dead (not both)", file=sys.stderr)
         return EXIT_USAGE
@@ -196,7 +196,7 @@ async def _redeliver(store: SqliteStore, args: argparse.Namespace) -> int:
     return EXIT_FAILED if unknown else EXIT_OK
 
 
-async def _prune(store: SqliteStore, args: argparse.Namespace) -> int:
+async def _prune(store: Store, args: argparse.Namespace) -> int:
     cutoff = parse_time("--older-than", args.older_than, now_ms())
     pruned = await store.prune_history(cutoff)
     print(f"removed {pruned.events} events and {pruned.jobs} jobs")
@@ -207,7 +207,7 @@ def _record(row: Sequence[Any]) -> dict[str, Any]:
     return dict(zip(EXPORT_FIELDS, row, strict=True))
 
 
-async def _export(store: SqliteStore, args: argparse.Namespace) -> int:
+async def _export(store: Store, args: argparse.Namespace) -> int:
     since = None if args.since is None else parse_time("--since", args.since, now_ms())
     out: TextIO = args.out
     quiet = out.isatty()

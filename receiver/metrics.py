@@ -21,8 +21,7 @@ from notifiers.worker import DeliveryWorker
 from receiver.intake import ACCEPTED, DUPLICATE, INTAKE_OUTCOMES, JobIntake
 from receiver.poller import BytescalePoller
 from receiver.store import StoreUnavailable
-from receiver.store.base import OutboxStats
-from receiver.store.sqlite import SqliteStore
+from receiver.store.base import OutboxStats, Store
 from receiver.tally import Histogram
 
 DELIVERY_OUTCOMES = ("sent", "retry", "dead")
@@ -38,7 +37,7 @@ class JobhookCollector(Collector):
         self,
         intake: JobIntake,
         pollers: Mapping[str, BytescalePoller],
-        store: SqliteStore | None = None,
+        store: Store | None = None,
         worker: DeliveryWorker | None = None,
     ) -> None:
         self._intake = intake
@@ -169,7 +168,7 @@ class JobhookCollector(Collector):
 def metrics_route(
     intake: JobIntake,
     pollers: Mapping[str, BytescalePoller],
-    store: SqliteStore | None = None,
+    store: Store | None = None,
     worker: DeliveryWorker | None = None,
 ) -> web.RouteDef:
     registry = CollectorRegistry()

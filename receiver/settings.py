@@ -65,9 +65,11 @@ class DatabaseSettings(_Section):
     @classmethod
     def _known_engine(cls, url: str) -> str:
         if url.startswith(("postgres://", "postgresql://")):
-            raise ValueError("PostgreSQL is not supported by this version yet; use sqlite:///path.db")
+            return url
         if not url.startswith("sqlite:///") or url in ("sqlite:///", "sqlite:////"):
-            raise ValueError("expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
+            raise ValueError(
+                "expected sqlite:///relative/path.db, sqlite:////absolute/path.db or postgresql://user@host/database"
+            )
         return url
 
 

@@ -17,12 +17,24 @@ def free_port() -> int:
         return port
 
 
-def write_config(directory: Path, port: int, extra: str = "", server: str = "", database: str = "") -> Path:
-    """`extra`: more top-level YAML; `server`, `database`: more keys of those mappings (`read_timeout: 1s`)."""
-    config = directory / "jobhook.yaml"
+def write_config(
+    directory: Path,
+    port: int,
+    extra: str = "",
+    server: str = "",
+    database: str = "",
+    database_url: str | None = None,
+    name: str = "jobhook.yaml",
+) -> Path:
+    """A config serving on `port`; the store is `database_url`, by default a SQLite file under `directory`.
+
+    `extra`: more top-level YAML; `server`, `database`: more keys of those mappings (`read_timeout: 1s`).
+    """
+    config = directory / name
+    url = database_url or f"sqlite:///{directory / 'data' / 'jobhook.db'}"
     config.write_text(
         f"server: {{host: 127.0.0.1, port: {port}{', ' + server if server else ''}}}\n"
-        f"database: {{url: 'sqlite:///{directory / 'data' / 'jobhook.db'}'{', ' + database if database else ''}}}\n"
+        f"database: {{url: '{url}'{', ' + database if database else ''}}}\n"
         f"auth: {{mode: none}}\n{extra}"
     )
     return config

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from unittest.mock import Mock
 
+import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from receiver.admin import admin_problem
 from tests.conftest import AppClient, MakeClient
 from tests.jobs import body, job
 from tests.test_intake import assert_envelope
+
+pytestmark = pytest.mark.stores("sqlite", "postgres")
 
 TOKEN = "adm1n-token-for-tests"
 JSON_ONLY = {"Accept": "application/json"}

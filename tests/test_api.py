@@ -6,7 +6,6 @@ import asyncio
 import sqlite3
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,12 +21,14 @@ from receiver.store.history import (
     attempts_query,
     jobs_query,
 )
-from receiver.store.sqlite import SqliteStore, apply_migrations
-from tests.conftest import AppClient, MakeClient
+from receiver.store.sqlite import apply_migrations
+from tests.conftest import AppClient, MakeClient, open_store
 from tests.jobs import CURRENT_SHAPE, SEED_EXAMPLE, body, job, new_job_id
 from tests.peers import JsonSink, wait_until
 from tests.test_admin import TOKEN
 from tests.test_intake import assert_envelope, post
+
+pytestmark = pytest.mark.stores("sqlite", "postgres")
 
 NOW = 1_750_000_000_000
 HOUR = 3_600_000
@@ -357,9 +358,9 @@ async def test_unknown_routes_and_methods_under_api(client: AppClient) -> None:
     assert_envelope(await resp.json(), "not_found")
 
 
-async def seed(db_path: Path, rows: list[EventRow]) -> None:
-    """Write history with the store's own writer (fast: group commits), before the app opens the file."""
-    store = SqliteStore(db_path, synchronous="off", notify_statuses=frozenset())
+async def seed(database_url: str, rows: list[EventRow]) -> None:
+    """Write history with the store's own writer (fast: group commits), before the app opens the store."""
+    store = open_store(database_url)
     await store.open()
     try:
         await asyncio.gather(*(store.ingest(row) for row in rows))
@@ -368,7 +369,7 @@ async def seed(db_path: Path, rows: list[EventRow]) -> None:
 
 
 async def test_pagination_walks_10000_jobs_without_gaps_or_repeats_while_jobs_arrive(
-    make_client: MakeClient, db_path: Path
+    make_client: MakeClient, database_url: str
 ) -> None:
     base = 1_700_000_000_000
     rows = []
@@ -376,7 +377,7 @@ async def test_pagination_walks_10000_jobs_without_gaps_or_repeats_while_jobs_ar
         payload = job(lastUpdated=base + i // 3, status="Succeeded" if i % 2 else "Failed")  # ties on lastUpdated
         fields = (payload[key] for key in ("jobId", "lastUpdated", "status", "accountId", "jobType", "created"))
         rows.append(EventRow(*fields, 0, None, None, body(payload).decode()))
-    await seed(db_path, rows)
+    await seed(database_url, rows)
     client = await make_client()
     seeded = {row.job_id for row in rows}
 

@@ -70,7 +70,7 @@ def test_unset_variable_names_key_and_variable() -> None:
         ("server:\n  port: 70000\n", "server.port"),
         ("database:\n  synchronous: sometimes\n", "database.synchronous"),
         ("database:\n  url: mysql://x\n", "database.url"),
-        ("database:\n  url: postgresql://db/jobhook\n", "database.url"),
+        ("database:\n  url: postgres:/db/jobhook\n", "database.url"),
         ("delivery:\n  backoff_max: soon\n", "delivery.backoff_max"),
         ("delivery:\n  concurrency: 0\n", "delivery.concurrency"),
         ("auth:\n  mode: magic\n", "auth.mode"),

@@ -15,6 +15,8 @@ from tests.jobs import job
 from tests.peers import JsonSink, wait_until
 from tests.test_intake import assert_envelope, post
 
+pytestmark = pytest.mark.stores("sqlite", "postgres")
+
 HTML = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 JSON_ONLY = {"Accept": "application/json"}
 TOKEN = "dash-admin-token-for-tests"

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from notifiers.worker import plan_deliveries
 from receiver.keys import NOTIFIERS, STORE, WORKER
 from tests.conftest import AppClient, MakeClient
 from tests.jobs import job
 from tests.peers import JsonSink, SmtpSink, free_port, wait_until
 from tests.test_intake import post
+
+pytestmark = pytest.mark.stores("sqlite", "postgres")
 
 FAST_RETRY = {"backoff_initial": "50ms", "backoff_factor": 1, "backoff_max": "100ms", "timeout": "5s"}
 

@@ -7,7 +7,6 @@ import asyncio
 import csv
 import json
 import logging
-import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,15 @@ from tests.conftest import AppClient, MakeClient
 from tests.jobs import job
 from tests.test_cli import jobhook
 
+pytestmark = pytest.mark.stores("sqlite", "postgres")
+
 OLD, CUTOFF = 1_700_000_000_000, 1_710_000_000_000
 FAILED_TO_CONSOLE = [{"name": "failures", "match": {"status": "Failed"}, "notify": "console"}]
 
 
-def config_for(tmp_path: Path, db_path: Path) -> Path:
+def config_for(tmp_path: Path, database_url: str) -> Path:
     config = tmp_path / "cli.yaml"
-    config.write_text(f"database: {{url: 'sqlite:///{db_path}'}}\nauth: {{mode: none}}\n")
+    config.write_text(f"database: {{url: '{database_url}'}}\nauth: {{mode: none}}\n")
     return config
 
 
@@ -48,9 +49,9 @@ async def wait_for(db: Any, sql: str, expected: list[tuple[Any, ...]]) -> None:
     assert db(sql) == expected
 
 
-async def test_jobs_show_and_redeliver(make_client: MakeClient, db: Any, db_path: Path, tmp_path: Path) -> None:
+async def test_jobs_show_and_redeliver(make_client: MakeClient, db: Any, database_url: str, tmp_path: Path) -> None:
     client = await make_client(rules=FAILED_TO_CONSOLE)
-    config = config_for(tmp_path, db_path)
+    config = config_for(tmp_path, database_url)
     failed = job(status="Failed", lastUpdated=OLD + 3000, error={"code": "file_not_found", "message": "Gone."})
     running = job(status="Running", lastUpdated=OLD + 2000, jobType="DeleteFolderBatchJob")
     done = job(status="Succeeded", lastUpdated=OLD + 1000)
@@ -99,23 +100,22 @@ async def test_jobs_show_and_redeliver(make_client: MakeClient, db: Any, db_path
     assert "no notification '9999'" in partly.stderr
     await wait_for(db, "SELECT state FROM deliveries", [("sent",)])
 
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("UPDATE deliveries SET state = 'dead'")
+    db("UPDATE deliveries SET state = 'dead'")
     dead = await cli(config, "redeliver", "--dead")
     assert (dead.returncode, dead.stdout.strip()) == (0, "1 dead notification put back to pending")
     assert (await cli(config, "redeliver")).returncode == 2
 
 
-async def test_jobs_on_an_empty_store(db_path: Path, tmp_path: Path) -> None:
-    result = await cli(config_for(tmp_path, db_path), "jobs")
+async def test_jobs_on_an_empty_store(database_url: str, tmp_path: Path) -> None:
+    result = await cli(config_for(tmp_path, database_url), "jobs")
     assert (result.returncode, result.stdout.strip()) == (0, "no jobs")
 
 
 async def test_prune_keeps_jobs_in_flight_and_removes_old_finished_ones(
-    make_client: MakeClient, db: Any, db_path: Path, tmp_path: Path
+    make_client: MakeClient, db: Any, database_url: str, tmp_path: Path
 ) -> None:
     client = await make_client(rules=FAILED_TO_CONSOLE)
-    config = config_for(tmp_path, db_path)
+    config = config_for(tmp_path, database_url)
     in_flight = job(status="Running", lastUpdated=OLD + 10)  # old, but still running
     old_failed = job(status="Failed", lastUpdated=OLD + 20, error={"code": "x", "message": "y"})
     recent = job(status="Succeeded", lastUpdated=now_ms())
@@ -150,10 +150,10 @@ async def test_prune_keeps_jobs_in_flight_and_removes_old_finished_ones(
 
 
 async def test_export_jsonl_and_csv_carry_the_same_records(
-    make_client: MakeClient, db: Any, db_path: Path, tmp_path: Path
+    make_client: MakeClient, db: Any, database_url: str, tmp_path: Path
 ) -> None:
     client = await make_client()
-    config = config_for(tmp_path, db_path)
+    config = config_for(tmp_path, database_url)
     for i in range(100):
         payload = job(lastUpdated=OLD + i * 10)
         await post(client, payload)

@@ -1,4 +1,4 @@
-"""POST /webhooks/jobs: every row of SPEC §3's intake table, against the real app and a real SQLite file."""
+"""POST /webhooks/jobs: every row of SPEC §3's intake table, against the real app on each real store."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import AppClient, MakeClient
 from tests.jobs import CURRENT_SHAPE, SEED_EXAMPLE, body, job
 
+pytestmark = pytest.mark.stores("sqlite", "postgres")
 URL = "/webhooks/jobs"
 JSON = {"Content-Type": "application/json"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.intake import INTAKE_OUTCOMES
@@ -15,6 +16,8 @@ from tests.jobs import job
 from tests.peers import JsonSink, free_port, wait_until
 from tests.test_delivery import FAST_RETRY, failed, settled
 from tests.test_intake import post
+
+pytestmark = pytest.mark.stores("sqlite", "postgres")
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,12 +18,13 @@ from receiver.keys import POLLERS
 from receiver.poller import BytescalePoller, backoff_delay, parse_retry_after
 from receiver.settings import Settings
 from receiver.store import TrackedJob
-from receiver.store.sqlite import SqliteStore
 from receiver.validation import field_problems
 from tests.bytescale_fake import ACCOUNT, BytescaleFake
-from tests.conftest import MakeClient
+from tests.conftest import MakeClient, open_store
 from tests.peers import JsonSink, wait_until
 from tests.test_delivery import settled
+
+pytestmark = pytest.mark.stores("sqlite", "postgres")
 
 OTHER_ACCOUNT = "W142hJk"
 
@@ -297,11 +297,10 @@ async def test_invalid_job_objects_are_skipped_with_their_field_paths(
         assert "Exploded" not in caplog.text and "yesterday" not in caplog.text
 
 
-def test_cli_watch_records_the_job_for_the_next_poll(tmp_path: Path) -> None:
-    db_file = tmp_path / "jobhook.db"
+def test_cli_watch_records_the_job_for_the_next_poll(tmp_path: Path, database_url: str, db: Any) -> None:
     config = tmp_path / "jobhook.yaml"
     config.write_text(
-        f"database:\n  url: sqlite:///{db_file}\n"
+        f"database:\n  url: '{database_url}'\n"
         f"sources:\n  bytescale:\n    account_id: {ACCOUNT}\n    api_key: secret_CliKey1234567890\n"
     )
 
@@ -319,8 +318,7 @@ def test_cli_watch_records_the_job_for_the_next_poll(tmp_path: Path) -> None:
     done = jobhook("watch", ACCOUNT, "DeleteFolderBatchJob", job_id)
     assert done.returncode == 0, done.stderr
     assert "watching" in done.stdout
-    with sqlite3.connect(db_file) as conn:
-        rows = conn.execute("SELECT account_id, job_type, job_id, done_at FROM poll_jobs").fetchall()
+    rows = db("SELECT account_id, job_type, job_id, done_at FROM poll_jobs")
     assert rows == [(ACCOUNT, "DeleteFolderBatchJob", job_id, None)]
     assert jobhook("watch", ACCOUNT, "DeleteFolderBatchJob", job_id).stdout.startswith("already known")
     unknown = jobhook("watch", OTHER_ACCOUNT, "DeleteFolderBatchJob", job_id)
@@ -329,8 +327,8 @@ def test_cli_watch_records_the_job_for_the_next_poll(tmp_path: Path) -> None:
     assert invalid.returncode == 2 and "jobType" in invalid.stderr and "jobId" in invalid.stderr
 
 
-async def test_poll_state_keeps_the_newest_view_and_never_reopens_a_done_job(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "poll.db", notify_statuses=frozenset())
+async def test_poll_state_keeps_the_newest_view_and_never_reopens_a_done_job(database_url: str) -> None:
+    store = open_store(database_url)
     await store.open()
     try:
         job_id = "01ARZ3NDEKTSV4RRFFQ69G5FAV"

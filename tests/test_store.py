@@ -15,6 +15,8 @@ from tests.conftest import AppClient, MakeClient, release
 from tests.jobs import job
 from tests.test_intake import assert_envelope, post
 
+pytestmark = pytest.mark.stores("sqlite", "postgres")
+
 
 def test_migrations_are_recorded_and_applied_once(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
@@ -52,6 +54,7 @@ def test_failed_migration_rolls_back_entirely(tmp_path: Path) -> None:
     assert conn.execute("SELECT count(*) FROM _migrations WHERE name = '0099_broken'").fetchone() == (0,)
 
 
+@pytest.mark.stores("sqlite")  # a file lock held by another process is a SQLite fault; tests/test_postgres.py has PG's
 async def test_locked_store_answers_503_then_recovers(make_client: MakeClient, lock_holder: Any, db: Any) -> None:
     client = await make_client(database={"busy_timeout": "200ms"})
     before = job(status="Succeeded")

@@ -11,6 +11,8 @@ from tests.conftest import AppClient
 from tests.jobs import job, new_job_id
 from tests.test_intake import post
 
+pytestmark = pytest.mark.stores("sqlite", "postgres")
+
 
 @pytest.mark.parametrize(
     ("current", "event", "expected"),

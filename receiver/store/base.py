@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from enum import IntEnum
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from receiver.models import Job
 from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
 from receiver.store.history import JobFilter, Json, NotificationFilter, Page
 from receiver.store.polling import TrackedJob
 from receiver.store.retention import Pruned
+from receiver.tally import Histogram
 
 
 class Ingested(IntEnum):
@@ -72,7 +73,11 @@ class OutboxStats(NamedTuple):
 
 
 class Store(Protocol):
-    """The store interface: the SQLite store implements it; a PostgreSQL one will too."""
+    """The store interface: `SqliteStore` (one process) and `PostgresStore` (several replicas) implement it."""
+
+    # Per committed ingest round, for /metrics: items written, and seconds from BEGIN to COMMIT.
+    batch_sizes: Histogram
+    commit_seconds: Histogram
 
     @property
     def healthy(self) -> bool: ...
@@ -113,6 +118,8 @@ class Store(Protocol):
 
     async def redeliver(self, delivery_ids: Sequence[int], now: int) -> int: ...
 
+    async def redeliver_dead(self, now: int) -> int: ...
+
     async def next_due(self) -> int | None: ...
 
     async def observe_polled(self, jobs: Sequence[TrackedJob]) -> None: ...
@@ -132,3 +139,5 @@ class Store(Protocol):
     async def redeliver_notification(self, delivery_id: int, now: int) -> Json | None: ...
 
     async def prune_history(self, cutoff: int) -> Pruned: ...
+
+    def export_events(self, since: int | None = None, chunk: int = 5000) -> AsyncIterator[list[Sequence[Any]]]: ...

@@ -22,7 +22,7 @@ class TrackedJob(NamedTuple):
 
 
 # A newer observation replaces an older one; a job seen terminal stays done (its row is never reopened).
-_OBSERVE = """
+OBSERVE = """
 INSERT INTO poll_jobs (account_id, job_id, job_type, last_seen_status, last_updated, done_at, added_at)
 VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (account_id, job_id) DO UPDATE SET
@@ -42,7 +42,7 @@ FROM poll_jobs WHERE account_id = ? AND done_at IS NULL ORDER BY added_at, job_i
 def observe(conn: sqlite3.Connection, jobs: Sequence[TrackedJob], now: int) -> None:
     """Record what the poller saw; `done_at` of each row says whether it was terminal."""
     conn.executemany(
-        _OBSERVE,
+        OBSERVE,
         [(j.account_id, j.job_id, j.job_type, j.last_seen_status, j.last_updated, j.done_at, now) for j in jobs],
     )
 

@@ -34,7 +34,7 @@ class Pruned(NamedTuple):
     jobs: int
 
 
-_OLD_FINISHED_JOBS = f"""
+OLD_FINISHED_JOBS = f"""
 SELECT job_id FROM jobs
 WHERE {FINISHED_CONDITION} AND last_updated < ?
   AND job_id NOT IN (SELECT job_id FROM outbox WHERE processed_at IS NULL)
@@ -44,11 +44,18 @@ WHERE {FINISHED_CONDITION} AND last_updated < ?
 LIMIT ?
 """
 _IDS = "SELECT value FROM json_each(?)"
+# Shared with the PostgreSQL store (receiver.store.pg_retention), which numbers the placeholders.
+PRUNE_OUTBOX_RANGE = """DELETE FROM outbox WHERE id > ? AND id <= ? AND processed_at IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = outbox.job_id)"""
+PRUNE_EVENTS_RANGE = """DELETE FROM events WHERE id > ? AND id <= ? AND last_updated < ?
+    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = events.job_id AND j.event_id = events.id)
+    AND id NOT IN (SELECT event_id FROM outbox WHERE processed_at IS NULL)"""
+PRUNE_POLL_JOBS = "DELETE FROM poll_jobs WHERE done_at IS NOT NULL AND coalesce(last_updated, done_at) < ?"
 
 
 def prune_jobs_chunk(conn: sqlite3.Connection, cutoff: int, limit: int) -> int:
     """Up to `limit` old finished jobs with their deliveries and attempts; how many jobs went."""
-    job_ids = [job_id for (job_id,) in conn.execute(_OLD_FINISHED_JOBS, (cutoff, limit))]
+    job_ids = [job_id for (job_id,) in conn.execute(OLD_FINISHED_JOBS, (cutoff, limit))]
     if not job_ids:
         return 0
     ids = json.dumps(job_ids)
@@ -81,28 +88,17 @@ def prune_digests(conn: sqlite3.Connection, job_ids_json: str) -> None:
 def prune_outbox_range(conn: sqlite3.Connection, cutoff: int, low: int, high: int) -> int:
     """Processed outbox rows with `low < id <= high` whose job is gone (pruned: finished before the cutoff)."""
     del cutoff  # implied: only jobs finished before the cutoff were removed
-    return conn.execute(
-        """DELETE FROM outbox WHERE id > ? AND id <= ? AND processed_at IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = outbox.job_id)""",
-        (low, high),
-    ).rowcount
+    return conn.execute(PRUNE_OUTBOX_RANGE, (low, high)).rowcount
 
 
 def prune_events_range(conn: sqlite3.Connection, cutoff: int, low: int, high: int) -> int:
     """Events with `low < id <= high` older than the cutoff, except any job's current event and what the
     outbox still needs."""
-    return conn.execute(
-        """DELETE FROM events WHERE id > ? AND id <= ? AND last_updated < ?
-           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = events.job_id AND j.event_id = events.id)
-           AND id NOT IN (SELECT event_id FROM outbox WHERE processed_at IS NULL)""",
-        (low, high, cutoff),
-    ).rowcount
+    return conn.execute(PRUNE_EVENTS_RANGE, (low, high, cutoff)).rowcount
 
 
 def prune_poll_jobs(conn: sqlite3.Connection, cutoff: int) -> int:
-    return conn.execute(
-        "DELETE FROM poll_jobs WHERE done_at IS NOT NULL AND coalesce(last_updated, done_at) < ?", (cutoff,)
-    ).rowcount
+    return conn.execute(PRUNE_POLL_JOBS, (cutoff,)).rowcount
 
 
 def _id_bounds(conn: sqlite3.Connection, table: str) -> tuple[int, int]:

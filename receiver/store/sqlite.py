@@ -21,12 +21,13 @@ import aiosqlite
 from receiver.durations import now_ms
 from receiver.store import deliveries, polling
 from receiver.store.base import EventRow, Ingested, OutboxItem, OutboxStats
+from receiver.store.batch import plan_batch
 from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
 from receiver.store.history import HistoryQueries
 from receiver.store.polling import TrackedJob
 from receiver.store.retention import Pruned, prune
 from receiver.store.schema import MIGRATIONS, Migration
-from receiver.store.transitions import Position, decide
+from receiver.store.transitions import Position
 from receiver.store.writer import GroupCommitWriter, StoreUnavailable
 from receiver.tally import BATCH_SIZE_BUCKETS, COMMIT_SECONDS_BUCKETS, Histogram
 
@@ -34,7 +35,6 @@ log = logging.getLogger("jobhook.store")
 T = TypeVar("T")
 
 _ROWS_PER_STATEMENT = 500  # at most 11 parameters each: far under SQLite's 32766-variable limit
-_JOB_FIELDS = 9  # EventRow's leading fields that make up a job's current state
 
 _INSERT_EVENTS = """
 INSERT INTO events (job_id, last_updated, status, account_id, job_type, created, attempts,
@@ -224,28 +224,8 @@ class SqliteStore(HistoryQueries):
         if not new_ids:
             return [Ingested.DUPLICATE] * len(rows)
         current = {job_id: Position(at, status) for job_id, at, status in json.loads(current_json)}
-
-        job_updates: dict[str, tuple[Any, ...]] = {}
-        outbox: list[tuple[Any, ...]] = []
-        results: list[Ingested] = []
-        for row in rows:
-            # A later identical row in the same batch finds its key gone: a duplicate.
-            event_id = new_ids.pop((row.job_id, row.last_updated, row.status), None)
-            if event_id is None:
-                results.append(Ingested.DUPLICATE)
-                continue
-            previous = current.get(row.job_id)
-            position = Position(row.last_updated, row.status)
-            decision = decide(previous, position)
-            if decision.becomes_current:
-                current[row.job_id] = position
-                job_updates[row.job_id] = (*row[:_JOB_FIELDS], event_id)
-            if decision.is_transition and row.status in self._notify_statuses:
-                outbox.append((event_id, row.job_id, row.status, previous.status if previous else None, received_at))
-                results.append(Ingested.TRANSITION)
-            else:
-                results.append(Ingested.STORED)
-        for updates in _chunks(list(job_updates.values())):
+        results, job_updates, outbox = plan_batch(rows, new_ids, current, self._notify_statuses, received_at)
+        for updates in _chunks(job_updates):
             conn.execute(_multi_row(_UPSERT_JOBS, len(updates), 10), [v for job in updates for v in job])
         for items in _chunks(outbox):
             conn.execute(_multi_row(_INSERT_OUTBOX, len(items), 5), [v for item in items for v in item])
