@@ -1,7 +1,7 @@
 """The SQLite store: migrations, batched ingest with dedupe and transitions, and the outbox.
 
-Writes go through the `GroupCommitWriter` thread; reads go through aiosqlite's own thread, so the
-event loop never touches SQLite. WAL lets readers run beside the writer.
+Writes go through the `GroupCommitWriter` (a writer process); reads go through aiosqlite's own
+thread, so the event loop never touches SQLite. WAL lets readers run beside the writer.
 """
 
 from __future__ import annotations
@@ -113,6 +113,61 @@ def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration] =
     return applied
 
 
+def write_events(conn: sqlite3.Connection, rows: Sequence[EventRow], notify_statuses: frozenset[str]) -> list[Ingested]:
+    """One batch, inside the writer's transaction: dedupe, job state, outbox.
+
+    A handful of statements per batch whatever its size: every SQLite call lets the GIL go and
+    must win it back from a busy event loop, so the batch is written in bulk, not row by row.
+    """
+    received_at = now_ms()
+    (before,) = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
+    for chunk in _chunks(rows):
+        conn.execute(_multi_row(_INSERT_EVENTS, len(chunk), 11), [v for r in chunk for v in (*r, received_at)])
+    job_ids = json.dumps(list({row.job_id for row in rows}))
+    new_json, current_json = conn.execute(_NEW_EVENTS_AND_CURRENT_JOBS, (before, job_ids)).fetchone()
+    new_ids = {(job_id, at, status): event_id for event_id, job_id, at, status in json.loads(new_json)}
+    if not new_ids:
+        return [Ingested.DUPLICATE] * len(rows)
+    current = {job_id: Position(at, status) for job_id, at, status in json.loads(current_json)}
+
+    results, job_updates, outbox = plan_batch(rows, new_ids, current, notify_statuses, received_at)
+    for updates in _chunks(job_updates):
+        conn.execute(_multi_row(_UPSERT_JOBS, len(updates), 10), [v for job in updates for v in job])
+    for items in _chunks(outbox):
+        conn.execute(_multi_row(_INSERT_OUTBOX, len(items), 5), [v for item in items for v in item])
+    return results
+
+
+def connect_writer(path: Path, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
+    """The writer's connection, opened in the writer process at its first round and again after a failure
+    closed it (an I/O error leaves a connection in an unknown state). It brings the schema up to date, so
+    a database that could not be written at startup gets its migrations once it can."""
+    conn = sqlite3.connect(path, isolation_level=None, cached_statements=512)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: every commit syncs the WAL, so an acknowledged event survives power loss.
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        apply_migrations(conn)
+        if synchronous == "FULL":  # the WAL file exists now: make its directory entry durable too
+            _fsync_path(path.parent)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(path: Path, synchronous: str, busy_timeout_ms: int) -> list[str]:
+    """At startup, on the loop's behalf: apply migrations and report which were new."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        return apply_migrations(conn)
+    finally:
+        conn.close()
+
+
 class SqliteStore(HistoryQueries):
     """SQLite-backed implementation of the store interface (see `receiver.store.base.Store`); history reads in
     `receiver.store.history`."""
@@ -125,9 +180,8 @@ class SqliteStore(HistoryQueries):
         self._busy_timeout_ms = busy_timeout_ms
         self._notify_statuses = notify_statuses
         self._writer: GroupCommitWriter[EventRow, Ingested] | None = None
-        self._opened: sqlite3.Connection | None = None  # the writer's first connection, opened by `open`
         self._reader: aiosqlite.Connection | None = None
-        # Filled by the writer thread, one observation per committed round; read by /metrics.
+        # One observation per committed round of the writer; read by /metrics.
         self.batch_sizes = Histogram(BATCH_SIZE_BUCKETS)
         self.commit_seconds = Histogram(COMMIT_SECONDS_BUCKETS)
 
@@ -137,17 +191,20 @@ class SqliteStore(HistoryQueries):
         the server: intake answers 503 and the writer connects again on each round until it can."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._opened = await asyncio.to_thread(self._connect_and_migrate)
+            applied = await asyncio.to_thread(_migrate, self.path, self._synchronous, self._busy_timeout_ms)
         except sqlite3.OperationalError as exc:
             log.error("the store cannot be written now (%s); intake answers 503 until it can", exc)
+        else:
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied))
         self._writer = GroupCommitWriter(
-            self._writer_connection,
-            self._write_events,
+            functools.partial(connect_writer, self.path, self._synchronous, self._busy_timeout_ms),
+            functools.partial(write_events, notify_statuses=self._notify_statuses),
             asyncio.get_running_loop(),
             batch_sizes=self.batch_sizes,
             commit_seconds=self.commit_seconds,
         )
-        self._writer.start()
+        await self._writer.start()
         self._reader = await aiosqlite.connect(self.path)
         await self._reader.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         await self._reader.execute("PRAGMA query_only = ON")
@@ -159,33 +216,6 @@ class SqliteStore(HistoryQueries):
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
-
-    def _connect_and_migrate(self) -> sqlite3.Connection:
-        conn = self._connect()
-        try:
-            applied = apply_migrations(conn)
-            if self._synchronous == "FULL":  # the WAL file now exists: make its directory entry durable too
-                _fsync_path(self.path.parent)
-        except BaseException:
-            conn.close()
-            raise
-        if applied:
-            log.info("applied migrations: %s", ", ".join(applied))
-        return conn
-
-    def _writer_connection(self) -> sqlite3.Connection:
-        """For the writer thread: the connection opened at startup, then a new one each time a failure closed it
-        (an I/O error leaves a connection in an unknown state)."""
-        conn, self._opened = self._opened, None
-        return conn if conn is not None else self._connect_and_migrate()
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, cached_statements=512)
-        conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        # FULL: every commit syncs the WAL, so an acknowledged event survives power loss.
-        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-        return conn
 
     @property
     def writer(self) -> GroupCommitWriter[EventRow, Ingested]:
@@ -207,29 +237,6 @@ class SqliteStore(HistoryQueries):
     def ingest(self, row: EventRow) -> asyncio.Future[Ingested]:
         """Store one event durably; resolves once committed (StoreUnavailable if it cannot be)."""
         return self.writer.submit(row)
-
-    def _write_events(self, conn: sqlite3.Connection, rows: Sequence[EventRow]) -> list[Ingested]:
-        """One batch, inside the writer's transaction: dedupe, job state, outbox.
-
-        A handful of statements per batch whatever its size: every SQLite call lets the GIL go and
-        must win it back from a busy event loop, so the batch is written in bulk, not row by row.
-        """
-        received_at = now_ms()
-        (before,) = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
-        for chunk in _chunks(rows):
-            conn.execute(_multi_row(_INSERT_EVENTS, len(chunk), 11), [v for r in chunk for v in (*r, received_at)])
-        job_ids = json.dumps(list({row.job_id for row in rows}))
-        new_json, current_json = conn.execute(_NEW_EVENTS_AND_CURRENT_JOBS, (before, job_ids)).fetchone()
-        new_ids = {(job_id, at, status): event_id for event_id, job_id, at, status in json.loads(new_json)}
-        if not new_ids:
-            return [Ingested.DUPLICATE] * len(rows)
-        current = {job_id: Position(at, status) for job_id, at, status in json.loads(current_json)}
-        results, job_updates, outbox = plan_batch(rows, new_ids, current, self._notify_statuses, received_at)
-        for updates in _chunks(job_updates):
-            conn.execute(_multi_row(_UPSERT_JOBS, len(updates), 10), [v for job in updates for v in job])
-        for items in _chunks(outbox):
-            conn.execute(_multi_row(_INSERT_OUTBOX, len(items), 5), [v for item in items for v in item])
-        return results
 
     # --- health ----------------------------------------------------------------------------
     async def check_writable(self) -> None:

@@ -1,25 +1,39 @@
-"""The single SQLite writer: one thread, one connection, group commit.
+"""The single SQLite writer: a process of its own, one connection, group commit.
 
 Requests hand their rows to `submit` on the event loop and await a future; the delivery worker hands
-its writes to `call`. The writer thread takes everything queued since its last commit, writes it in
-one transaction (each call in a savepoint of its own), commits once (with `synchronous=FULL`, one
-WAL fsync for the whole round), then resolves every future of the round with one
-`call_soon_threadsafe`. No SQLite call ever runs on the loop's thread.
+its writes to `call`. Whatever is submitted during one turn of the event loop travels to the writer
+process as one frame over a socket pair. The writer process takes every frame that has arrived since
+its last commit, writes them all in one transaction (each call in a savepoint of its own), commits
+once (with `synchronous=FULL`, one WAL fsync for the whole round), and answers the round with one
+frame, which resolves every future of the round in one callback on the loop.
 
-(A separate flusher thread that fsyncs batch N while batch N+1 is written, and WAL checkpoints on
-a thread of their own, were both measured slower under `make bench`; see bench/README.md.)
+Why a process rather than a thread: a writer thread's Python work (binding rows, deciding
+transitions) and the event loop's request parsing took turns on one GIL, so each round ran in
+lockstep with the loop. A process writes and fsyncs on the other core while the loop parses the
+next requests (bench/README.md has the figures). No SQLite call runs on the loop's thread, and the
+loop never waits on the socket: it writes through a transport and reads in `data_received`.
+
+If the writer process dies, every frame in flight fails with `StoreUnavailable` (its senders get a
+503 and retry; dedupe absorbs a commit that did happen) and the next write starts a new process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
+import multiprocessing
+import os
+import pickle
+import signal
+import socket
 import sqlite3
-import threading
+import struct
 import time
+import traceback
+from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from multiprocessing.connection import Connection
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from receiver.tally import BATCH_SIZE_BUCKETS, COMMIT_SECONDS_BUCKETS, Histogram
 
@@ -29,31 +43,192 @@ Row = TypeVar("Row")
 Result = TypeVar("Result")
 T = TypeVar("T")
 
-MAX_BATCH = 2000
-
 BatchFn = Callable[[sqlite3.Connection, Sequence[Row]], list[Result]]
 Connect = Callable[[], sqlite3.Connection]
-# The futures a transaction answers, and either their results or the one error for all of them.
-Settlement = tuple[list["asyncio.Future[Any]"], "list[Any] | BaseException"]
+
+# A frame, either way, is multiprocessing.Connection's: a 4-byte big-endian length, then a pickle.
+_HEADER = struct.Struct("!i")
+# A request frame is a list of ops: ("rows", [row, ...]) or ("call", fn, args); or the single op ("stop",).
+Op = tuple[Any, ...]
+# A round's answer frame: ([answers of frame 1], [answers of frame 2], ...), items written, commit seconds.
+# Each answer is ("ok", result) or ("error", exception), one per op, in order.
+Answer = tuple[str, Any]
+RoundAnswer = tuple[list[list[Answer]], int, float]
+_STOP: list[Op] = [("stop",)]
+FRAME_ROWS = int(os.environ.get("JOBHOOK_FRAME_ROWS", "16"))
 
 
 class StoreUnavailable(Exception):
     """The store could not commit; the sender should retry later (HTTP 503)."""
 
 
-class _Call:
-    __slots__ = ("args", "fn")
-
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        self.fn = fn
-        self.args = args
+class CallFailed(Exception):
+    """A writer call failed with an error that cannot cross the process boundary as itself."""
 
 
-_STOP = object()
+# --- the writer process ---------------------------------------------------------------------------
+
+
+def serve_writer(channel: Connection, connect: Connect, write_batch: BatchFn[Any, Any]) -> None:
+    """The writer process: take every waiting frame, commit them as one round, answer, repeat.
+
+    It ignores SIGINT: a Ctrl-C reaches the whole process group, and the server stops its writer itself,
+    with a stop frame after the last batch. It ends too when the server's end of the socket closes.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    db: sqlite3.Connection | None = None
+    try:
+        while True:
+            try:
+                frames = [pickle.loads(channel.recv_bytes())]
+                while channel.poll():
+                    frames.append(pickle.loads(channel.recv_bytes()))
+            except (EOFError, OSError):
+                return  # the server is gone (or was killed): nobody is left to answer
+            work = [ops for ops in frames if ops != _STOP]
+            if work:
+                if db is None:
+                    db, answer = _open(connect, work)
+                if db is not None:
+                    answer, healthy = _commit_round(db, work, write_batch)
+                    if not healthy:
+                        _close(db)
+                        db = None
+                channel.send_bytes(_dumps(answer))
+            if len(work) < len(frames):
+                return
+    finally:
+        if db is not None:
+            _close(db)
+
+
+def _open(connect: Connect, work: list[list[Op]]) -> tuple[sqlite3.Connection | None, RoundAnswer]:
+    try:
+        return connect(), ([], 0, 0.0)
+    except sqlite3.Error as exc:
+        return None, _failed_round(work, StoreUnavailable(_reason(exc)))
+
+
+def _commit_round(
+    db: sqlite3.Connection, work: list[list[Op]], write_batch: BatchFn[Any, Any]
+) -> tuple[RoundAnswer, bool]:
+    """Every frame of the round in ONE transaction, so one fsync: all rows first, then each call in a
+    savepoint. A failing call rolls back to its savepoint and fails alone; a failing commit fails all.
+
+    Returns the round's answer and whether the connection is still usable.
+    """
+    rows = [row for ops in work for op in ops if op[0] == "rows" for row in op[1]]
+    calls = sum(1 for ops in work for op in ops if op[0] == "call")
+    started = time.perf_counter()
+    usable = True
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            results = iter(write_batch(db, rows) if rows else [])
+            answers = [
+                [("ok", [next(results) for _ in op[1]]) if op[0] == "rows" else _in_savepoint(db, op) for op in ops]
+                for ops in work
+            ]
+            db.execute("COMMIT")
+        except BaseException:
+            usable = _rollback(db)
+            raise
+    except sqlite3.Error as exc:
+        return _failed_round(work, StoreUnavailable(_reason(exc))), usable
+    except Exception:  # a bug in the batch code: fail this round, keep the writer alive
+        return _failed_round(work, CallFailed(traceback.format_exc())), usable
+    return (answers, len(rows) + calls, time.perf_counter() - started), True
+
+
+def _failed_round(work: list[list[Op]], error: Exception) -> RoundAnswer:
+    return [[("error", error)] * len(ops) for ops in work], 0, 0.0
+
+
+def _in_savepoint(db: sqlite3.Connection, op: Op) -> Answer:
+    _, fn, args = op
+    db.execute("SAVEPOINT call")
+    try:
+        result = fn(db, *args)
+    except sqlite3.OperationalError:
+        raise  # locked, read-only, disk full: the whole round fails and is answered 503
+    except Exception as exc:  # a bug or a constraint in this call: undo it alone
+        db.execute("ROLLBACK TO call")
+        db.execute("RELEASE call")
+        return ("error", exc)
+    db.execute("RELEASE call")
+    return ("ok", result)
+
+
+def _rollback(db: sqlite3.Connection) -> bool:
+    """Roll back; False when the connection is in an unknown state (I/O error, file gone)."""
+    try:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+    except sqlite3.Error:
+        return False
+    return True
+
+
+def _dumps(answer: RoundAnswer) -> bytes:
+    """Pickle the answer; an exception that cannot be pickled travels as CallFailed with its text."""
+    try:
+        return pickle.dumps(answer, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        frames, items, seconds = answer
+        portable = [[_portable(a) for a in answers] for answers in frames]
+        return pickle.dumps((portable, items, seconds), pickle.HIGHEST_PROTOCOL)
+
+
+def _portable(answer: Answer) -> Answer:
+    try:
+        pickle.dumps(answer)
+    except Exception:
+        value = answer[1]
+        return ("error", CallFailed(f"{type(value).__name__}: {value}"))
+    return answer
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _close(db: sqlite3.Connection) -> None:
+    try:
+        db.close()
+    except sqlite3.Error as exc:
+        log.warning("closing the store: %s", exc)
+
+
+# --- the event loop side --------------------------------------------------------------------------
+
+
+class _Channel(asyncio.Protocol):
+    """Reads answer frames off the socket and hands each to the writer; reports a lost process."""
+
+    def __init__(self, on_answer: Callable[[RoundAnswer], None], on_lost: Callable[[], None]) -> None:
+        self._on_answer = on_answer
+        self._on_lost = on_lost
+        self._buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        while len(buffer) - start >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(buffer, start)
+            end = start + _HEADER.size + size
+            if len(buffer) < end:
+                break
+            self._on_answer(pickle.loads(memoryview(buffer)[start + _HEADER.size : end]))
+            start = end
+        del buffer[:start]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_lost()
 
 
 class GroupCommitWriter(Generic[Row, Result]):
-    """Serialises every write on one connection, committing queued rows as one transaction."""
+    """Serialises every write through one writer process, committing queued work as one transaction."""
 
     def __init__(
         self,
@@ -64,143 +239,200 @@ class GroupCommitWriter(Generic[Row, Result]):
         batch_sizes: Histogram | None = None,
         commit_seconds: Histogram | None = None,
     ) -> None:
+        # Both are pickled to the writer process: module-level functions or partials of them.
         self._connect = connect
         self._write_batch = write_batch
         self._loop = loop
-        self._queue: queue.SimpleQueue[tuple[Any, asyncio.Future[Any] | None]] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="jobhook-sqlite-writer", daemon=True)
-        self._conn: sqlite3.Connection | None = None
+        self._ops: list[Op] = []  # submitted during this turn of the loop, not yet sent
+        self._waiting: list[_Waiting] = []  # per op of `_ops`
+        self._flush_scheduled = False
+        self._in_flight: deque[list[_Waiting]] = deque()  # per frame sent, per op
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._transport: asyncio.BaseTransport | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._gone: asyncio.Future[None] | None = None
         self.healthy = True
         # Per committed round, for /metrics: items written (rows and calls) and BEGIN..COMMIT seconds.
         self.batch_sizes = batch_sizes or Histogram(BATCH_SIZE_BUCKETS)
         self.commit_seconds = commit_seconds or Histogram(COMMIT_SECONDS_BUCKETS)
 
-    # --- event loop side -------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
+    # --- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the writer process and connect to it."""
+        ours, theirs = multiprocessing.Pipe(duplex=True)
+        process = _CONTEXT.Process(
+            target=serve_writer,
+            args=(theirs, self._connect, self._write_batch),
+            name="jobhook-sqlite-writer",
+            daemon=True,
+        )
+        await asyncio.to_thread(process.start)
+        theirs.close()
+        sock = socket.socket(fileno=os.dup(ours.fileno()))
+        ours.close()
+        self._gone = self._loop.create_future()
+        gone = self._gone
+        transport, _ = await self._loop.connect_accepted_socket(
+            lambda: _Channel(self._answered, lambda: self._lost(gone)), sock
+        )
+        self._process, self._transport = process, transport
 
+    async def stop(self) -> None:
+        """Write what is queued, then stop the writer process (which closes its connection)."""
+        self._stopping = True
+        if self._starting is not None:
+            await asyncio.gather(self._starting, return_exceptions=True)
+        self._flush()
+        transport, gone = self._transport, self._gone
+        if transport is not None and gone is not None:
+            transport.write(_frame(_STOP))  # type: ignore[attr-defined]
+            await gone
+        if self._process is not None:
+            await asyncio.to_thread(self._process.join)
+            self._process = None
+
+    def _restart(self) -> None:
+        """Start a new writer process in the background, after the previous one died."""
+        if self._starting is None and not self._stopping:
+            self._starting = self._loop.create_task(self._start_again(), name="store-writer-restart")
+
+    async def _start_again(self) -> None:
+        try:
+            if self._process is not None:
+                await asyncio.to_thread(self._process.join)
+            await self.start()
+            log.warning("store writer process restarted")
+        except Exception:
+            log.exception("cannot start the store writer process")
+        finally:
+            self._starting = None
+
+    @property
+    def pid(self) -> int | None:
+        """The writer process's id, while it runs."""
+        return self._process.pid if self._process is not None and self._transport is not None else None
+
+    # --- writes ----------------------------------------------------------------------------
     def submit(self, row: Row) -> asyncio.Future[Result]:
-        """Queue one row; the future resolves once its batch is durable (or fails with StoreUnavailable)."""
+        """Queue one row; the future resolves once its round is durable (or fails with StoreUnavailable)."""
         future: asyncio.Future[Result] = self._loop.create_future()
-        self._queue.put((row, future))
+        ops = self._ops
+        if ops and ops[-1][0] == "rows":
+            ops[-1][1].append(row)
+            self._waiting[-1].futures.append(future)
+            if len(ops[-1][1]) >= FRAME_ROWS:
+                self._flush()
+                return future
+        else:
+            ops.append(("rows", [row]))
+            self._waiting.append(_Waiting(True, [future]))
+        self._wrote()
         return future
 
     def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """Run `fn(conn, *args)` on the writer, atomically (a savepoint), committed with the next round.
+        """Run `fn(conn, *args)` in the writer, atomically (a savepoint), committed with the next round.
 
-        `fn` is a module-level function and `args` plain data (no closures), so a call can be shipped
-        to a writer elsewhere than this thread.
+        `fn` is a module-level function and `args` plain data (no closures): both are pickled to the
+        writer process.
         """
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put((_Call(fn, args), future))
+        self._ops.append(("call", fn, args))
+        self._waiting.append(_Waiting(False, [future]))
+        self._wrote()
         return future
 
-    async def stop(self) -> None:
-        """Write what is queued, then close the connection."""
-        self._queue.put((_STOP, None))
-        await asyncio.to_thread(self._thread.join)
+    def _wrote(self) -> None:
+        """Send at the end of this turn of the loop, with whatever else it submits."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
-    # --- writer thread ---------------------------------------------------------------------
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            batch = self._take()
-            stopping = any(item is _STOP for item, _ in batch)
-            work = [(item, fut) for item, fut in batch if item is not _STOP]
-            if work:
-                self._loop.call_soon_threadsafe(_settle_all, self._commit_round(work))
-        self._close()
-
-    def _take(self) -> list[tuple[Any, asyncio.Future[Any] | None]]:
-        batch = [self._queue.get()]
+    def _flush(self) -> None:
+        """Send what this turn of the loop submitted, as one frame."""
+        self._flush_scheduled = False
+        ops, waiting = self._ops, self._waiting
+        if not ops:
+            return
+        self._ops, self._waiting = [], []
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self._restart()
+            _fail(waiting, StoreUnavailable("the store writer is not running"))
+            return
         try:
-            while len(batch) < MAX_BATCH:
-                batch.append(self._queue.get_nowait())
-        except queue.Empty:
-            pass
-        return batch
+            frame = _frame(ops)
+        except Exception as exc:  # something unpicklable was passed: a bug, not an outage
+            _fail(waiting, CallFailed(f"cannot send to the store writer: {exc}"))
+            return
+        transport.write(frame)  # type: ignore[attr-defined]
+        self._in_flight.append(waiting)
 
-    def _commit_round(self, work: list[tuple[Any, Any]]) -> list[Settlement]:
-        """Everything queued, in ONE transaction and so one fsync: the rows, then each call in a savepoint.
+    # --- answers ---------------------------------------------------------------------------
+    def _answered(self, answer: RoundAnswer) -> None:
+        frames, items, seconds = answer
+        if items:
+            self.commit_seconds.observe(seconds)
+            self.batch_sizes.observe(items)
+        for answers in frames:
+            for waiting, (kind, value) in zip(self._in_flight.popleft(), answers, strict=True):
+                if kind != "ok":
+                    if isinstance(value, StoreUnavailable):
+                        self._unhealthy(str(value))
+                    elif waiting.rows:
+                        log.error("writing a batch failed: %s", value)
+                    _fail([waiting], value)
+                    continue
+                if not self.healthy:
+                    log.warning("store commits again")
+                    self.healthy = True
+                results = value if waiting.rows else [value]
+                for future, result in zip(waiting.futures, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
 
-        A failing call rolls back to its savepoint and fails alone; a failing commit fails everything.
-        """
-        rows = [(item, fut) for item, fut in work if not isinstance(item, _Call)]
-        calls = [(item, fut) for item, fut in work if isinstance(item, _Call)]
-        settlements: list[Settlement] = []
-        try:
-            if self._conn is None:
-                self._conn = self._connect()
-            conn = self._conn
-            started = time.perf_counter()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if rows:
-                    results: list[Any] = self._write_batch(conn, [row for row, _ in rows])
-                    settlements.append(([fut for _, fut in rows], results))
-                for call, fut in calls:
-                    settlements.append(([fut], self._in_savepoint(conn, call)))
-                conn.execute("COMMIT")
-            except BaseException:
-                self._rollback(conn)
-                raise
-        except sqlite3.Error as exc:
-            error = self._failed(exc)
-            return [([fut for _, fut in work], error)]
-        except Exception as exc:  # a bug in the batch code: fail this round, keep the writer alive
-            log.exception("writing a batch failed")
-            return [([fut for _, fut in work], exc)]
-        self.commit_seconds.observe(time.perf_counter() - started)
-        self.batch_sizes.observe(len(work))
-        if not self.healthy:
-            log.warning("store commits again")
-        self.healthy = True
-        return settlements
+    def _lost(self, gone: asyncio.Future[None]) -> None:
+        """The writer process closed its end: stopped as asked, or died. Fail whatever was in flight."""
+        if not gone.done():
+            gone.set_result(None)
+        self._transport = None
+        error = StoreUnavailable("the store writer process exited")
+        if self._in_flight or not self._stopping:
+            self._unhealthy(str(error))
+        while self._in_flight:
+            _fail(self._in_flight.popleft(), error)
 
-    @staticmethod
-    def _in_savepoint(conn: sqlite3.Connection, call: _Call) -> list[Any] | BaseException:
-        conn.execute("SAVEPOINT call")
-        try:
-            result = call.fn(conn, *call.args)
-        except sqlite3.OperationalError:
-            raise  # locked, read-only, disk full: the whole round fails and is answered 503
-        except Exception as exc:  # a bug or a constraint in this call: undo it alone
-            conn.execute("ROLLBACK TO call")
-            conn.execute("RELEASE call")
-            return exc
-        conn.execute("RELEASE call")
-        return [result]
-
-    def _rollback(self, conn: sqlite3.Connection) -> None:
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            # The connection is in an unknown state (I/O error, file gone): start afresh next time.
-            self._close()
-
-    def _failed(self, exc: BaseException) -> StoreUnavailable:
-        reason = str(exc) or type(exc).__name__
+    def _unhealthy(self, reason: str) -> None:
         if self.healthy:
             log.error("store cannot commit: %s", reason)
         self.healthy = False
-        return StoreUnavailable(reason)
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except sqlite3.Error as exc:
-                log.warning("closing the store: %s", exc)
-            self._conn = None
 
 
-def _settle_all(settlements: list[Settlement]) -> None:
-    for futures, outcome in settlements:
-        if isinstance(outcome, BaseException):
-            for fut in futures:
-                if not fut.done():
-                    fut.set_exception(outcome)
-        else:
-            for fut, result in zip(futures, outcome, strict=True):
-                if not fut.done():
-                    fut.set_result(result)
+class _Waiting(NamedTuple):
+    """The futures of one op: every row of a rows op, or the one future of a call."""
+
+    rows: bool
+    futures: list[asyncio.Future[Any]]
+
+
+def _fail(waiting: list[_Waiting], error: BaseException) -> None:
+    for item in waiting:
+        for future in item.futures:
+            if not future.done():
+                future.set_exception(error)
+
+
+def _frame(payload: Any) -> bytes:
+    data = pickle.dumps(payload, pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+def _preloaded_context() -> multiprocessing.context.ForkServerContext:
+    """Writer processes fork from a server that has already imported the store, so each starts in ms."""
+    context = multiprocessing.get_context("forkserver")
+    assert isinstance(context, multiprocessing.context.ForkServerContext)
+    context.set_forkserver_preload(["receiver.store.sqlite"])
+    return context
+
+
+_CONTEXT = _preloaded_context()

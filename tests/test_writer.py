@@ -1,0 +1,149 @@
+"""The writer process: group commit across frames, calls, failures that cross the process boundary,
+a writer that dies (503, then a new writer), and Ctrl-C reaching the process group."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import signal
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from receiver.keys import STORE
+from receiver.store.writer import CallFailed, GroupCommitWriter, StoreUnavailable
+from tests.conftest import MakeClient
+from tests.jobs import body, job
+from tests.peers import wait_until
+from tests.test_intake import assert_envelope
+
+# --- module-level functions: the writer process imports them by name ----------------------------
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE IF NOT EXISTS items (value TEXT PRIMARY KEY)")
+    return conn
+
+
+def insert(conn: sqlite3.Connection, values: Sequence[str]) -> list[bool]:
+    """A batch: True for each value stored, False for a repeat (within the batch or before it)."""
+    return [conn.execute("INSERT OR IGNORE INTO items VALUES (?)", (v,)).rowcount == 1 for v in values]
+
+
+def count(conn: sqlite3.Connection, prefix: str) -> int:
+    (n,) = conn.execute("SELECT count(*) FROM items WHERE value LIKE ?", (prefix + "%",)).fetchone()
+    return int(n)
+
+
+class Unpicklable(Exception):
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise TypeError("cannot pickle this")
+
+
+def fail_plainly(conn: sqlite3.Connection, value: str) -> None:
+    conn.execute("INSERT INTO items VALUES (?)", (value,))
+    raise ValueError(f"no thanks: {value}")
+
+
+def fail_unpicklably(conn: sqlite3.Connection) -> None:
+    raise Unpicklable("a lock or a socket inside")
+
+
+@pytest.fixture
+async def writer(tmp_path: Path) -> AsyncIterator[GroupCommitWriter[str, bool]]:
+    writer: GroupCommitWriter[str, bool] = GroupCommitWriter(
+        functools.partial(connect, tmp_path / "w.db"), insert, asyncio.get_running_loop()
+    )
+    await writer.start()
+    yield writer
+    await writer.stop()
+
+
+async def test_rows_from_many_frames_get_their_own_answers(writer: GroupCommitWriter[str, bool]) -> None:
+    first = [writer.submit(f"v{i}") for i in range(100)]
+    await asyncio.sleep(0)  # a later turn of the loop: another frame
+    second = [writer.submit(f"v{i}") for i in range(50, 150)]
+    assert await asyncio.gather(*first) == [True] * 100
+    assert await asyncio.gather(*second) == [False] * 50 + [True] * 50
+    assert await writer.call(count, "v") == 150
+    assert sum(writer.batch_sizes.counts) >= 1 and writer.healthy
+
+
+async def test_a_failing_call_fails_alone_and_is_undone(writer: GroupCommitWriter[str, bool]) -> None:
+    before = writer.submit("kept")
+    failing = writer.call(fail_plainly, "undone")
+    after = writer.submit("kept too")
+    with pytest.raises(ValueError, match="no thanks: undone"):
+        await failing
+    assert await asyncio.gather(before, after) == [True, True]
+    assert await writer.call(count, "undone") == 0
+    with pytest.raises(CallFailed, match="Unpicklable: a lock or a socket inside"):
+        await writer.call(fail_unpicklably)
+    assert await writer.call(count, "kept") == 2
+
+
+async def test_stop_writes_what_is_queued(tmp_path: Path) -> None:
+    writer: GroupCommitWriter[str, bool] = GroupCommitWriter(
+        functools.partial(connect, tmp_path / "w.db"), insert, asyncio.get_running_loop()
+    )
+    await writer.start()
+    pending = [writer.submit(f"late{i}") for i in range(20)]
+    await writer.stop()
+    assert await asyncio.gather(*pending) == [True] * 20
+    with sqlite3.connect(tmp_path / "w.db") as conn:
+        assert count(conn, "late") == 20
+
+
+async def test_ctrl_c_to_the_process_group_does_not_stop_the_writer(writer: GroupCommitWriter[str, bool]) -> None:
+    assert await writer.submit("serving") is True  # past start-up: its own signal handling is in place
+    assert writer.pid is not None
+    os.kill(writer.pid, signal.SIGINT)
+    await asyncio.sleep(0.2)
+    assert await writer.submit("still here") is True
+
+
+async def test_a_dead_writer_fails_what_it_held_and_a_new_one_takes_over(
+    writer: GroupCommitWriter[str, bool],
+) -> None:
+    assert await writer.submit("before") is True
+    pid = writer.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    await wait_until(lambda: writer.pid is None, within=10)
+    assert not writer.healthy
+    with pytest.raises(StoreUnavailable, match="not running"):  # not acknowledged: the sender retries
+        await writer.submit("during")
+    for _ in range(200):  # that write started a new writer process in the background
+        try:
+            assert await writer.submit("after") is True
+            break
+        except StoreUnavailable:
+            await asyncio.sleep(0.05)
+    assert writer.pid not in (None, pid) and writer.healthy
+    assert await writer.call(count, "") == 2
+
+
+async def test_the_app_answers_503_while_its_writer_is_gone_then_recovers(make_client: MakeClient) -> None:
+    client = await make_client()
+    writer = client.app[STORE].writer
+    pid = writer.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    statuses = []
+    payload = job()
+    for _ in range(400):
+        resp = await client.post("/webhooks/jobs", data=body(payload), headers={"Content-Type": "application/json"})
+        statuses.append(resp.status)
+        if resp.status == 503:
+            assert resp.headers["Retry-After"]
+            assert_envelope(await resp.json(), "store_unavailable")
+        elif resp.status == 202:
+            break
+        await asyncio.sleep(0.02)
+    assert statuses[-1] == 202 and set(statuses) <= {503, 202}
+    assert writer.pid not in (None, pid)
+    assert (await client.get("/readyz")).status == 200
