@@ -8,6 +8,8 @@ import functools
 import os
 import signal
 import sqlite3
+import sys
+import types
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -84,6 +86,23 @@ async def test_a_failing_call_fails_alone_and_is_undone(writer: GroupCommitWrite
     with pytest.raises(CallFailed, match="Unpicklable: a lock or a socket inside"):
         await writer.call(fail_unpicklably)
     assert await writer.call(count, "kept") == 2
+
+
+async def test_a_write_the_writer_cannot_run_fails_alone(writer: GroupCommitWriter[str, bool]) -> None:
+    def closure(conn: sqlite3.Connection) -> None:  # not importable by name: cannot be sent at all
+        raise AssertionError("never runs")
+
+    only_here = types.ModuleType("jobhook_test_only_here")  # importable here, unknown to the writer process
+    exec("def touch(conn):\n    return 1", only_here.__dict__)
+    sys.modules[only_here.__name__] = only_here
+    try:
+        with pytest.raises(CallFailed, match="cannot send"):
+            await writer.call(closure)
+        with pytest.raises(CallFailed, match="could not read"):
+            await writer.call(only_here.touch)
+    finally:
+        del sys.modules[only_here.__name__]
+    assert await writer.submit("writer still fine") is True
 
 
 async def test_stop_writes_what_is_queued(tmp_path: Path) -> None:

@@ -51,9 +51,10 @@ _HEADER = struct.Struct("!i")
 # A request frame is a list of ops: ("rows", [row, ...]) or ("call", fn, args); or the single op ("stop",).
 Op = tuple[Any, ...]
 # A round's answer frame: ([answers of frame 1], [answers of frame 2], ...), items written, commit seconds.
-# Each answer is ("ok", result) or ("error", exception), one per op, in order.
+# Each answer is ("ok", result) or ("error", exception), one per op, in order; None for a frame the
+# writer could not read.
 Answer = tuple[str, Any]
-RoundAnswer = tuple[list[list[Answer]], int, float]
+RoundAnswer = tuple[list[list[Answer] | None], int, float]
 _STOP: list[Op] = [("stop",)]
 FRAME_ROWS = int(os.environ.get("JOBHOOK_FRAME_ROWS", "16"))
 
@@ -80,21 +81,26 @@ def serve_writer(channel: Connection, connect: Connect, write_batch: BatchFn[Any
     try:
         while True:
             try:
-                frames = [pickle.loads(channel.recv_bytes())]
+                frames = [_read(channel)]
                 while channel.poll():
-                    frames.append(pickle.loads(channel.recv_bytes()))
+                    frames.append(_read(channel))
             except (EOFError, OSError):
                 return  # the server is gone (or was killed): nobody is left to answer
             work = [ops for ops in frames if ops != _STOP]
             if work:
-                if db is None:
-                    db, answer = _open(connect, work)
-                if db is not None:
-                    answer, healthy = _commit_round(db, work, write_batch)
-                    if not healthy:
+                readable = [ops for ops in work if ops is not None]
+                answer: RoundAnswer = ([], 0, 0.0)
+                if db is None and readable:
+                    try:
+                        db = connect()
+                    except sqlite3.Error as exc:
+                        answer = _failed_round(readable, StoreUnavailable(_reason(exc)))
+                if db is not None and readable:
+                    answer, usable = _commit_round(db, readable, write_batch)
+                    if not usable:
                         _close(db)
                         db = None
-                channel.send_bytes(_dumps(answer))
+                channel.send_bytes(_dumps(_with_unreadable(work, answer)))
             if len(work) < len(frames):
                 return
     finally:
@@ -102,11 +108,20 @@ def serve_writer(channel: Connection, connect: Connect, write_batch: BatchFn[Any
             _close(db)
 
 
-def _open(connect: Connect, work: list[list[Op]]) -> tuple[sqlite3.Connection | None, RoundAnswer]:
+def _read(channel: Connection) -> list[Op] | None:
+    """One frame's ops; None when they cannot be unpickled here (a function this process cannot import)."""
+    data = channel.recv_bytes()
     try:
-        return connect(), ([], 0, 0.0)
-    except sqlite3.Error as exc:
-        return None, _failed_round(work, StoreUnavailable(_reason(exc)))
+        ops: list[Op] = pickle.loads(data)
+    except Exception:
+        return None
+    return ops
+
+
+def _with_unreadable(work: list[list[Op] | None], answer: RoundAnswer) -> RoundAnswer:
+    """Put an answer of None back in place of each frame the writer could not read."""
+    answers = iter(answer[0])
+    return [None if ops is None else next(answers) for ops in work], answer[1], answer[2]
 
 
 def _commit_round(
@@ -125,7 +140,7 @@ def _commit_round(
         db.execute("BEGIN IMMEDIATE")
         try:
             results = iter(write_batch(db, rows) if rows else [])
-            answers = [
+            answers: list[list[Answer] | None] = [
                 [("ok", [next(results) for _ in op[1]]) if op[0] == "rows" else _in_savepoint(db, op) for op in ops]
                 for ops in work
             ]
@@ -175,7 +190,7 @@ def _dumps(answer: RoundAnswer) -> bytes:
         return pickle.dumps(answer, pickle.HIGHEST_PROTOCOL)
     except Exception:
         frames, items, seconds = answer
-        portable = [[_portable(a) for a in answers] for answers in frames]
+        portable = [None if answers is None else [_portable(a) for a in answers] for answers in frames]
         return pickle.dumps((portable, items, seconds), pickle.HIGHEST_PROTOCOL)
 
 
@@ -375,7 +390,11 @@ class GroupCommitWriter(Generic[Row, Result]):
             self.commit_seconds.observe(seconds)
             self.batch_sizes.observe(items)
         for answers in frames:
-            for waiting, (kind, value) in zip(self._in_flight.popleft(), answers, strict=True):
+            frame = self._in_flight.popleft()
+            if answers is None:
+                _fail(frame, CallFailed("the store writer could not read this write (an unknown function?)"))
+                continue
+            for waiting, (kind, value) in zip(frame, answers, strict=True):
                 if kind != "ok":
                     if isinstance(value, StoreUnavailable):
                         self._unhealthy(str(value))
