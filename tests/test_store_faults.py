@@ -2,9 +2,9 @@
 by another process. While the fault lasts intake answers 503 with Retry-After and never 2xx; once it clears,
 the server recovers by itself (no restart) and nothing it acknowledged is lost (rows counted in the file).
 
-- Disk full: RLIMIT_FSIZE lowered to 0 on the running server with prlimit(2). CPython ignores SIGXFSZ, so
-  every write to the database files fails with EFBIG, exactly where a full disk fails them; raising the
-  limit again clears the fault. Works unprivileged and in CI, no mount needed.
+- Disk full: RLIMIT_FSIZE lowered to 0 on the running server and its processes with prlimit(2). CPython
+  ignores SIGXFSZ, so every write to the database files fails with EFBIG, exactly where a full disk fails
+  them; raising the limit again clears the fault. Works unprivileged and in CI, no mount needed.
 - Read-only: the server runs without CAP_DAC_OVERRIDE (dropped from its bounding set when the tests run as
   root, who would otherwise ignore file modes), and is started on a database whose files and folder were
   made read-only; making them writable again clears the fault.
@@ -61,6 +61,15 @@ def start(config: Path, log: Path, preexec: Callable[[], None] | None = None) ->
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (the server, its fork server, its writer process)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += process_tree(int(child))
+    return found
 
 
 class Poster:
@@ -135,13 +144,15 @@ async def test_disk_full_answers_503_then_recovers_by_itself(tmp_path: Path) -> 
             assert all(s == 202 for s, _, _ in await asyncio.gather(*(client.post(j) for j in before)))
 
             _, hard = resource.prlimit(proc.pid, resource.RLIMIT_FSIZE)
-            resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (0, hard))  # the disk is full
+            for pid in process_tree(proc.pid):  # the disk is full, for the server and its writer process
+                resource.prlimit(pid, resource.RLIMIT_FSIZE, (0, hard))
             during = jobs(40)
             for chunk in (during[:20], during[20:]):
                 await client.refused_while_faulty(chunk)
             assert await ready(port) == 503
 
-            resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (hard, hard))  # space again
+            for pid in process_tree(proc.pid):  # space again
+                resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))
             await client.retried_until_accepted(during)
             assert await ready(port) == 200
             after = jobs(20)
