@@ -10,8 +10,9 @@ frame, which resolves every future of the round in one callback on the loop.
 Why a process rather than a thread: a writer thread's Python work (binding rows, deciding
 transitions) and the event loop's request parsing took turns on one GIL, so each round ran in
 lockstep with the loop. A process writes and fsyncs on the other core while the loop parses the
-next requests (bench/README.md has the figures). No SQLite call runs on the loop's thread, and the
-loop never waits on the socket: it writes through a transport and reads in `data_received`.
+next requests: about 17% more events/s than the thread (bench/README.md). No SQLite call runs on
+the loop's thread, and the loop never waits on the socket: it writes through a transport and reads
+in `data_received`.
 
 If the writer process dies, every frame in flight fails with `StoreUnavailable` (its senders get a
 503 and retry; dedupe absorbs a commit that did happen) and the next write starts a new process.
@@ -20,6 +21,7 @@ If the writer process dies, every frame in flight fails with `StoreUnavailable` 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -28,6 +30,7 @@ import signal
 import socket
 import sqlite3
 import struct
+import sys
 import time
 import traceback
 from collections import deque
@@ -56,7 +59,10 @@ Op = tuple[Any, ...]
 Answer = tuple[str, Any]
 RoundAnswer = tuple[list[list[Answer] | None], int, float]
 _STOP: list[Op] = [("stop",)]
-FRAME_ROWS = int(os.environ.get("JOBHOOK_FRAME_ROWS", "16"))
+# Rows per frame: a burst of requests goes out in frames of this many, so the writer commits the first
+# while the loop still parses the rest. Measured 8-24 alike and about 10% more events/s than one frame
+# per turn of the loop (bench/README.md, "Why ingest stops near half of bare aiohttp").
+FRAME_ROWS = 16
 
 
 class StoreUnavailable(Exception):
@@ -76,6 +82,9 @@ def serve_writer(channel: Connection, connect: Connect, write_batch: BatchFn[Any
     It ignores SIGINT: a Ctrl-C reaches the whole process group, and the server stops its writer itself,
     with a stop frame after the last batch. It ends too when the server's end of the socket closes.
     """
+    # The modules this process forked with stay shared with its fork server: the cycle collector never
+    # walks (and so never copies) them.
+    gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     db: sqlite3.Connection | None = None
     try:
@@ -282,7 +291,7 @@ class GroupCommitWriter(Generic[Row, Result]):
             name="jobhook-sqlite-writer",
             daemon=True,
         )
-        await asyncio.to_thread(process.start)
+        await asyncio.to_thread(_start_without_main, process)
         theirs.close()
         sock = socket.socket(fileno=os.dup(ours.fileno()))
         ours.close()
@@ -358,7 +367,7 @@ class GroupCommitWriter(Generic[Row, Result]):
         return future
 
     def _wrote(self) -> None:
-        """Send at the end of this turn of the loop, with whatever else it submits."""
+        """Send at the end of this turn of the loop, with whatever else it submits by then."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -439,6 +448,22 @@ def _fail(waiting: list[_Waiting], error: BaseException) -> None:
         for future in item.futures:
             if not future.done():
                 future.set_exception(error)
+
+
+def _start_without_main(process: multiprocessing.process.BaseProcess) -> None:
+    """Start the writer without multiprocessing re-importing the main script in it.
+
+    multiprocessing runs the parent's main script again in each child, and `jobhook`'s script imports the
+    whole server (aiohttp, apprise, Jinja2: about 35 MB) that the writer never uses. With no `__file__` on
+    `__main__` while the child is prepared, it skips that step.
+    """
+    main = sys.modules["__main__"]
+    path = main.__dict__.pop("__file__", None)
+    try:
+        process.start()
+    finally:
+        if path is not None:
+            main.__file__ = path
 
 
 def _frame(payload: Any) -> bytes:
