@@ -2,7 +2,7 @@
 
 Query strings are parsed by pure functions (a bad one is a `QueryError`, answered 400 `invalid_query`
 with the reason); the handlers only parse, ask the store and shape the answer. The admin guard is the
-`/api` sub-application's middleware (`receiver.admin.create_api_app`).
+`/api` sub-application's guard (`receiver.admin.create_api_app`).
 """
 
 from __future__ import annotations
