@@ -8,11 +8,12 @@ steady, open-loop mix for `--duration` seconds (default 600):
 - history reads at `--history-rate`/s: `GET /api/jobs?status=Failed&limit=50` and `GET /api/jobs/{id}`;
 - the delivery worker sending every Failed job to the sink.
 
-Every `--interval` seconds (default 60) it samples the server's VmRSS and the latencies seen in that interval
-(intake p50/p99, history p99), the sink's count and the non-2xx answers, then prints one table row. At the end
-it compares the first interval with the last: RSS and intake p99 are "flat" when the last is within 10% (RSS)
-and 1.5x (p99) of the first. Open loop: requests start on a fixed schedule whether or not earlier ones
-finished, so a server that slows down shows as latency, not as a lower request rate.
+Every `--interval` seconds (default 60) it samples the server's memory (PSS over all its processes) and the
+latencies seen in that interval (intake p50/p99, history p99), the sink's count and the non-2xx answers, then
+prints one table row. At the end it compares the first interval with the last: memory and intake p99 are
+"flat" when the last is within 10% (memory) and 1.5x (p99) of the first. Open loop: requests start on a fixed
+schedule whether or not earlier ones finished, so a server that slows down shows as latency, not as a lower
+request rate.
 
 `python -m bench.soak [--duration 600] [--rate 300] [--interval 60] [--write-readme]`; `make soak` runs it.
 Not part of `make test` or `make bench`.
@@ -46,8 +47,8 @@ SECTION = """## Soak (`bench/soak.py`)
 What is measured: whether the server's memory and latency stay flat under a steady mix for a long time
 (issue 6): callbacks at a fixed rate (open loop: requests start on schedule whether or not earlier ones
 finished) walking jobs through Created, Running, then Succeeded or Failed, with repeats; history reads; every
-Failed job delivered to a sink process. Each interval it samples VmRSS and that interval's latencies. Not part
-of `make bench` or CI. Reproduce: `make soak` (10 minutes), or `make soak SOAK_ARGS="--duration 60
+Failed job delivered to a sink process. Each interval it samples memory (PSS) and that interval's latencies.
+Not part of `make bench` or CI. Reproduce: `make soak` (10 minutes), or `make soak SOAK_ARGS="--duration 60
 --interval 15"`; `--write-readme` rewrites the figures below.
 
 """
@@ -190,7 +191,7 @@ async def drive(port: int, sink_port: int, pid: int, args: argparse.Namespace) -
                 launch(timed(session, url, interval.history_ms, interval))
                 next_read += 1 / args.history_rate
             if now >= sample_at:
-                rss, _ = memory_mb(pid)
+                rss = memory_mb(pid).pss
                 delivered = (await asyncio.to_thread(sink_stats, sink_port)).count
                 row = Row(
                     len(rows) + 1,
@@ -236,7 +237,7 @@ def report(rows: list[Row], args: argparse.Namespace, counts: str, problems: str
         f"{args.failed_percent}% Failed, 5% repeats), {args.history_rate} history reads/s, every Failed job "
         "sent to a json:// sink.",
         "",
-        "| interval | RSS MB | posts | intake p50 ms | intake p99 ms | history p99 ms | non-2xx | errors | delivered |",
+        "| interval | PSS MB | posts | intake p50 ms | intake p99 ms | history p99 ms | non-2xx | errors | delivered |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -250,7 +251,7 @@ def report(rows: list[Row], args: argparse.Namespace, counts: str, problems: str
         p99_ok = flat(first.intake_p99, last.intake_p99, P99_FLAT)
         lines += [
             "",
-            f"RSS first vs last interval: {first.rss_mb:.1f} -> {last.rss_mb:.1f} MB "
+            f"Memory (PSS) first vs last interval: {first.rss_mb:.1f} -> {last.rss_mb:.1f} MB "
             f"({last.rss_mb / first.rss_mb:.2f}x): {'flat' if rss_ok else 'NOT flat'} (bound {RSS_FLAT}x).",
             f"Intake p99 first vs last: {first.intake_p99:.2f} -> {last.intake_p99:.2f} ms "
             f"({last.intake_p99 / first.intake_p99:.2f}x): {'flat' if p99_ok else 'NOT flat'} (bound {P99_FLAT}x); "
