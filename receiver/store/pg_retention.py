@@ -1,27 +1,24 @@
 """Retention on PostgreSQL: the rule of `receiver.store.retention`, with its statements, in bounded chunks.
 
-Each chunk is one `store.call` (one short transaction), so ingest on every replica keeps flowing between them.
+`receiver.store.retention.prune` runs these steps, each chunk one `store.call` (one short transaction), so
+ingest on every replica keeps flowing between them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from receiver.store.pg_sql import affected, numbered
 from receiver.store.retention import (
-    CHUNK,
     OLD_FINISHED_JOBS,
     PRUNE_EVENTS_RANGE,
     PRUNE_OUTBOX_RANGE,
     PRUNE_POLL_JOBS,
-    Pruned,
+    PruneSteps,
 )
 
 if TYPE_CHECKING:
     from receiver.store.pg_sql import Conn
-
-Call = Callable[..., Awaitable[Any]]
 
 
 async def prune_jobs_chunk(conn: Conn, cutoff: int, limit: int) -> int:
@@ -60,26 +57,17 @@ async def id_bounds(conn: Conn, table: str) -> tuple[int, int]:
     return int(low), int(high)
 
 
-async def delete(conn: Conn, sql: str, *args: Any) -> int:
-    return affected(await conn.execute(numbered(sql), *args))
+async def prune_outbox_range(conn: Conn, cutoff: int, low: int, high: int) -> int:
+    del cutoff  # implied: only jobs finished before the cutoff were removed
+    return affected(await conn.execute(numbered(PRUNE_OUTBOX_RANGE), low, high))
 
 
-async def prune(call: Call, cutoff: int, chunk: int = CHUNK) -> Pruned:
-    """Apply the rule through `call` (the store's `call`), one bounded chunk per call."""
-    jobs = 0
-    while True:
-        removed: int = await call(prune_jobs_chunk, cutoff, chunk)
-        jobs += removed
-        if removed < chunk:
-            break
-    events = 0
-    for table, sql in (("outbox", PRUNE_OUTBOX_RANGE), ("events", PRUNE_EVENTS_RANGE)):
-        low, high = await call(id_bounds, table)
-        while low < high:
-            top = min(low + chunk, high)
-            count: int = await call(delete, sql, low, top, *(() if table == "outbox" else (cutoff,)))
-            if table == "events":
-                events += count
-            low = top
-    await call(delete, PRUNE_POLL_JOBS, cutoff)
-    return Pruned(events, jobs)
+async def prune_events_range(conn: Conn, cutoff: int, low: int, high: int) -> int:
+    return affected(await conn.execute(numbered(PRUNE_EVENTS_RANGE), low, high, cutoff))
+
+
+async def prune_poll_jobs(conn: Conn, cutoff: int) -> int:
+    return affected(await conn.execute(numbered(PRUNE_POLL_JOBS), cutoff))
+
+
+POSTGRES_STEPS = PruneSteps(prune_jobs_chunk, id_bounds, prune_outbox_range, prune_events_range, prune_poll_jobs)

@@ -27,7 +27,7 @@ from receiver.store.pg_ingest import DB_ERRORS, IngestThread
 from receiver.store.pg_schema import MIGRATIONS
 from receiver.store.pg_sql import numbered
 from receiver.store.polling import OPEN_JOBS, TrackedJob
-from receiver.store.retention import Pruned
+from receiver.store.retention import Pruned, prune
 from receiver.store.schema import Migration
 from receiver.store.sqlite import EXPORT_COLUMNS
 from receiver.store.writer import StoreUnavailable
@@ -253,7 +253,7 @@ class PostgresStore(HistoryQueries):
 
     async def prune_history(self, cutoff: int) -> Pruned:
         """Remove history older than `cutoff` by the rule of `receiver.store.retention`, in bounded chunks."""
-        return await pg_retention.prune(self.call, cutoff)
+        return await prune(self.call, cutoff, pg_retention.POSTGRES_STEPS)
 
     async def export_events(self, since: int | None = None, chunk: int = 5000) -> AsyncIterator[list[Sequence[Any]]]:
         """Every stored event in id order, `chunk` rows at a time, from one consistent snapshot."""

@@ -106,22 +106,35 @@ def _id_bounds(conn: sqlite3.Connection, table: str) -> tuple[int, int]:
     return int(low), int(high)
 
 
-async def prune(call: Call[Any], cutoff: int, chunk: int = CHUNK) -> Pruned:
-    """Apply the rule through `call` (the store writer's `call`), one bounded chunk per call."""
+class PruneSteps(NamedTuple):
+    """One store's statements of the rule; `prune` runs each through the store's `call(fn, *args)`."""
+
+    jobs_chunk: Callable[..., Any]  # (conn, cutoff, limit) -> jobs removed
+    id_bounds: Callable[..., Any]  # (conn, table) -> (low, high)
+    outbox_range: Callable[..., Any]  # (conn, cutoff, low, high) -> rows removed
+    events_range: Callable[..., Any]  # (conn, cutoff, low, high) -> events removed
+    poll_jobs: Callable[..., Any]  # (conn, cutoff) -> rows removed
+
+
+SQLITE_STEPS = PruneSteps(prune_jobs_chunk, _id_bounds, prune_outbox_range, prune_events_range, prune_poll_jobs)
+
+
+async def prune(call: Call[Any], cutoff: int, steps: PruneSteps = SQLITE_STEPS, chunk: int = CHUNK) -> Pruned:
+    """Apply the rule through `call` (the store's `call`), one bounded chunk per call."""
     jobs = 0
     while True:
-        removed: int = await call(prune_jobs_chunk, cutoff, chunk)
+        removed: int = await call(steps.jobs_chunk, cutoff, chunk)
         jobs += removed
         if removed < chunk:
             break
     events = 0
-    for table, step in (("outbox", prune_outbox_range), ("events", prune_events_range)):
-        low, high = await call(_id_bounds, table)
+    for table, step in (("outbox", steps.outbox_range), ("events", steps.events_range)):
+        low, high = await call(steps.id_bounds, table)
         while low < high:
             top = min(low + chunk, high)
             count: int = await call(step, cutoff, low, top)
             if table == "events":
                 events += count
             low = top
-    await call(prune_poll_jobs, cutoff)
+    await call(steps.poll_jobs, cutoff)
     return Pruned(events, jobs)
