@@ -71,6 +71,7 @@ def test_the_password_in_a_url_is_never_displayed() -> None:
     assert display_url("postgresql://db/jobhook?user=app&password=s3cret&sslmode=require") == (
         "postgresql://db/jobhook?user=app&password=***&sslmode=require"
     )
+    assert display_url("sqlite:///data/jobhook.db") == "sqlite:///data/jobhook.db"  # shown as configured
 
 
 async def test_an_unreachable_server_fails_open_without_the_password(pg_admin: Admin) -> None:

@@ -53,6 +53,8 @@ def display_url(url: str) -> str:
         host = parts.netloc.rpartition("@")[2]
         parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
     query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    if parts.password is None and query == parts.query:
+        return url  # nothing to hide; urlunsplit would also turn `sqlite:///x.db` into `sqlite:/x.db`
     return urlunsplit(parts._replace(query=query))
 
 
