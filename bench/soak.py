@@ -206,7 +206,7 @@ async def drive(port: int, sink_port: int, pid: int, args: argparse.Namespace) -
                 )
                 rows.append(row)
                 progress(
-                    f"  interval {row.minute}: RSS {row.rss_mb:.1f} MB, {posts:,} posts, "
+                    f"  interval {row.minute}: PSS {row.rss_mb:.1f} MB, {posts:,} posts, "
                     f"intake p50 {row.intake_p50:.2f} p99 {row.intake_p99:.2f} ms, "
                     f"history p99 {row.history_p99:.2f} ms, {row.non2xx} non-2xx, {row.errors} errors, "
                     f"{delivered:,} delivered"
