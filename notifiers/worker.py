@@ -51,6 +51,22 @@ LOAD_SAMPLE_SECONDS = 0.25
 HELD_POLL_SECONDS = 0.5  # due deliveries all held back (rate limit, open circuit): look again this often
 
 
+def pass_wait(until_due: float, *, claimed: int, in_flight: int, intake_busy: bool, outbox_pending: bool) -> float:
+    """Pure: how long the worker sleeps after a pass unless something wakes it.
+
+    While intake is busy and transitions are still waiting to be planned, nothing wakes the worker when
+    intake calms down (the storm's callbacks are not transitions), so it looks again within one load
+    sample instead of sleeping a whole idle poll: the backlog then resumes at full speed within about
+    LOAD_SAMPLE_SECONDS of the storm's end, not a second or more later.
+    """
+    wait = until_due
+    if wait <= 0 and not claimed and not in_flight:
+        wait = HELD_POLL_SECONDS  # due, yet held back: do not spin
+    if intake_busy and outbox_pending:
+        wait = min(wait, LOAD_SAMPLE_SECONDS)
+    return wait
+
+
 def plan_deliveries(item: OutboxItem, rules: Sequence[CompiledRule]) -> list[NewDelivery]:
     """Pure: which (rule, target) pairs a transition fires, with each message rendered."""
     job_data = json.loads(item.body)
@@ -105,6 +121,7 @@ class DeliveryWorker:
         self._outbox_pending = True  # look once at startup: transitions may be waiting from before
         self._expanded_at = 0.0
         self._wake = asyncio.Event()
+        self._passes_done = asyncio.Event()  # set when `run` has returned: no pass is under way
         self._due_now = False
         self._stopping = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -140,6 +157,7 @@ class DeliveryWorker:
 
     async def run(self) -> None:
         self.running = True
+        self._passes_done.clear()
         try:
             while not self._stopping:
                 self._due_now = False
@@ -153,28 +171,44 @@ class DeliveryWorker:
                         self._expanded_at = time.monotonic()
                         await self._expand()
                     claimed = await self._claim_and_send()
-                    wait = await self._seconds_until_due()
-                    if wait <= 0 and not claimed and not self._in_flight:
-                        wait = HELD_POLL_SECONDS  # due, yet held back: do not spin
+                    wait = pass_wait(
+                        await self._seconds_until_due(),
+                        claimed=claimed,
+                        in_flight=len(self._in_flight),
+                        intake_busy=self._intake_busy,
+                        outbox_pending=self._outbox_pending,
+                    )
                 except StoreUnavailable as exc:
                     log.warning("delivery worker cannot use the store (%s); retrying", exc)
                     wait = IDLE_POLL_SECONDS
                 except Exception:  # a bug must not stop deliveries for good: log it, pause, go on
                     log.exception("delivery worker pass failed; retrying in %g s", IDLE_POLL_SECONDS)
                     wait = IDLE_POLL_SECONDS
+                if self._stopping:
+                    break
                 if not self._due_now:
                     self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
         finally:
             self.running = False
+            self._passes_done.set()
 
     async def stop(self, grace: float) -> None:
-        """Stop claiming; let sends in flight finish for up to `grace` seconds; their leases cover the rest."""
+        """Stop claiming; let sends in flight finish for up to `grace` seconds; their leases cover the rest.
+
+        The pass under way ends first: a claim it is committing becomes a send in flight that is waited
+        for here, rather than one sent after the store has closed and never recorded (sent twice, once
+        its lease expires).
+        """
         self._stopping = True
         self._wake.set()
+        deadline = time.monotonic() + grace
+        if self.running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._passes_done.wait(), grace)
         if self._in_flight:
-            _, pending = await asyncio.wait(self._in_flight, timeout=grace)
+            _, pending = await asyncio.wait(self._in_flight, timeout=max(0.0, deadline - time.monotonic()))
             for task in pending:
                 task.cancel()
             if pending:
@@ -184,7 +218,7 @@ class DeliveryWorker:
     async def _expand(self) -> None:
         """Turn outbox rows into deliveries; while intake is busy, only a few per pass (planning costs CPU)."""
         batch = BUSY_EXPAND_BATCH if self._intake_busy else EXPAND_BATCH
-        while True:
+        while not self._stopping:  # what is left is planned at the next start
             items = await self._store.unprocessed_outbox(batch)
             if not items:
                 return

@@ -175,6 +175,40 @@ async def test_stop_waits_for_sends_in_flight(make_client: MakeClient, db: Any) 
         assert [row[3] for row in deliveries(db)] == ["sent"]
 
 
+async def test_stop_waits_for_a_claim_under_way(
+    make_client: MakeClient, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while a pass is committing a claim: that delivery is sent and recorded before stop returns.
+
+    Before, stop() waited only for the sends already in flight, so the claim became a send after the store
+    had closed: the sink got it, the database still had it pending, and its lease would send it again.
+    """
+    async with JsonSink() as sink:
+        client = await make_client(
+            targets={"hook": sink.url()}, rules=[{"match": {"status": "Failed"}, "notify": "hook"}]
+        )
+        store, worker = client.app[STORE], client.app[WORKER]
+        claim_due, claimed, resume = store.claim_due, asyncio.Event(), asyncio.Event()
+
+        async def claim_then_pause(*args: Any, **kwargs: Any) -> Any:
+            rows = await claim_due(*args, **kwargs)
+            if rows:  # committed, not yet handed to a send: where SIGTERM can land
+                claimed.set()
+                await resume.wait()
+            return rows
+
+        monkeypatch.setattr(store, "claim_due", claim_then_pause)
+        await post(client, failed())
+        await wait_until(claimed.is_set)
+        stopping = asyncio.create_task(worker.stop(grace=5))
+        await asyncio.sleep(0.05)  # stop() gets going while the claim is still under way
+        resume.set()
+        await stopping
+        assert [row[3] for row in deliveries(db)] == ["sent"]
+        assert len(sink.requests) == 1
+        assert not worker.running
+
+
 async def test_restart_resumes_pending_deliveries(make_client: MakeClient, db: Any) -> None:
     async with JsonSink(status=500) as sink:
         rules = [{"match": {"status": "Failed"}, "notify": "hook"}]
