@@ -9,7 +9,8 @@ Two jobhook servers (`jobhook serve`, synchronous=full, one rule sending every F
    with N distinct bodies.
 2. Ingest, worker idle vs busy, on one server and database: a 2 s wrk warm-up and a measured wrk run with the
    non-terminal mix (no notifications), then a backlog of Failed jobs posted as in 1, and at once the same wrk
-   run again while the worker delivers that backlog. The sink's count must still be rising when it ends.
+   run again while the worker delivers that backlog. The sink's count must still be rising when it ends; the
+   server is stopped once the worker has planned every transition of the backlog (the time that took is shown).
 
 `python -m bench.delivery [--jobs 3000] [--backlog 20000] [--duration 10] [--connections 32] [--write-readme]`.
 """
@@ -76,6 +77,9 @@ records the monotonic time of its first and last request. Each of the two parts 
    `bench/jobs.lua` with no terminal statuses, so no notifications) after a 2 s warm-up — idle; then a
    backlog of Failed jobs posted as in 1 and, at once, the same wrk run again while the worker delivers the
    backlog — busy. The backlog must outlast the busy run: the sink's count must still rise after it ends.
+   Intake comes first, so the worker plans the rest of the backlog at full speed once wrk stops: the server is
+   stopped only after every transition has its `deliveries` row, and how long after the run that took is
+   reported (a worker slow to notice that intake calmed down shows there).
 
 Everything shares the machine's CPUs (nothing is pinned). Reproduce: `make bench` (ingest, then delivery;
 `make bench BENCH_ARGS="--duration 30"` passes to both, `DELIVERY_ARGS="--backlog 40000"` to this one only);
@@ -147,6 +151,7 @@ class BusyRun:
     at_start: SinkStats  # when the busy run started
     at_end: SinkStats  # when it ended
     after: SinkStats  # SETTLE_SECONDS later
+    planned_seconds: float | None  # from the run's end until no outbox row was left unplanned; None: not within STALL
     final: SinkStats  # after jobhook stopped
     counts: Counts
     connections: int
@@ -173,6 +178,8 @@ class BusyRun:
             problems.append(f"LOST {-extra:,} acknowledged events")
         elif extra > 3 * self.connections:  # requests in flight at the three wrk stops
             problems.append(f"{extra:,} events rows beyond the 2xx seen")
+        if self.planned_seconds is None:
+            problems.append(f"outbox rows still unplanned {STALL_SECONDS} s after the busy run")
         if c.outbox != self.backlog or c.deliveries != self.backlog:
             problems.append(f"outbox {c.outbox:,} / deliveries {c.deliveries:,}, expected {self.backlog:,}")
         if c.sent != self.final.count:
@@ -261,6 +268,35 @@ def wait_for_sink(port: int, count: int) -> SinkStats:
             progress(f"  sink has {stats.count:,} of {count:,}")
             reported = now
         time.sleep(0.05)
+
+
+def unplanned(db: Path) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        count: int = conn.execute("SELECT count(*) FROM outbox WHERE processed_at IS NULL").fetchone()[0]
+    return count
+
+
+def settle(db: Path, sink_port: int, ended: float) -> tuple[SinkStats, float | None]:
+    """The sink's stats SETTLE_SECONDS after `ended` (monotonic), and how long after `ended` the worker had
+    planned every outbox row (polled, so within ~20 ms; None when not within STALL_SECONDS).
+
+    Intake first means planning resumes at full speed only once intake calms down: the server is not
+    stopped before that is done, so the check can demand a delivery row for every transition.
+    """
+    after: SinkStats | None = None
+    planned: float | None = None
+    while planned is None or after is None:
+        elapsed = time.monotonic() - ended
+        if after is None and elapsed >= SETTLE_SECONDS:
+            after = sink_stats(sink_port)
+        if planned is None:
+            if unplanned(db) == 0:
+                planned = elapsed
+            elif elapsed > STALL_SECONDS and after is not None:
+                break
+        time.sleep(0.02)
+    assert after is not None
+    return after, planned
 
 
 def write_config(run_dir: Path, port: int, sink_port: int) -> tuple[Path, Path]:
@@ -352,10 +388,10 @@ def busy_vs_idle(args: argparse.Namespace, tmp: Path) -> BusyRun:
             )
             started = time.monotonic()
             busy = wrk(port, args.duration, args.connections, 0)
-            busy_seconds = time.monotonic() - started
+            ended = time.monotonic()
+            busy_seconds = ended - started
             at_end = sink_stats(sink_port)
-            time.sleep(SETTLE_SECONDS)
-            after = sink_stats(sink_port)
+            after, planned_seconds = settle(db, sink_port, ended)
         final = sink_stats(sink_port)
     run = BusyRun(
         idle,
@@ -368,6 +404,7 @@ def busy_vs_idle(args: argparse.Namespace, tmp: Path) -> BusyRun:
         at_start,
         at_end,
         after,
+        planned_seconds,
         final,
         count_rows(db),
         args.connections,
@@ -376,9 +413,14 @@ def busy_vs_idle(args: argparse.Namespace, tmp: Path) -> BusyRun:
     progress(
         f"  {busy.events_per_s:,.0f} events/s, p50 {busy.p50_ms:.2f} ms, p99 {busy.p99_ms:.2f} ms, "
         f"non-2xx {busy.non2xx}; {run.during:,} deliveries during the run, "
-        f"+{after.count - at_end.count:,} in the {SETTLE_SECONDS:g} s after; {run.check()}"
+        f"+{after.count - at_end.count:,} in the {SETTLE_SECONDS:g} s after; "
+        f"outbox fully planned {planned(planned_seconds)} after the run; {run.check()}"
     )
     return run
+
+
+def planned(seconds: float | None) -> str:
+    return f"{seconds:.2f} s" if seconds is not None else f"not within {STALL_SECONDS} s"
 
 
 def non2xx(result: Wrk) -> str:
@@ -421,7 +463,8 @@ def tables(rate: RateRun, busy: BusyRun) -> str:
         "",
         f"Backlog still being delivered when the busy run ended: {'yes' if busy.still_delivering else 'NO'} "
         f"({busy.at_end.count:,} of {busy.backlog:,} delivered at its end, "
-        f"+{busy.after.count - busy.at_end.count:,} in the next {SETTLE_SECONDS:g} s). "
+        f"+{busy.after.count - busy.at_end.count:,} in the next {SETTLE_SECONDS:g} s); every transition of the "
+        f"backlog planned into a delivery {planned(busy.planned_seconds)} after it ended. "
         f"After stopping: {busy.counts.events:,} events rows for {busy.idle_acked + busy.backlog + busy.busy.ok:,} "
         f"2xx seen, {busy.counts.sent:,} deliveries sent, {busy.final.count:,} requests at the sink "
         f"({busy.final.distinct:,} distinct); check: {busy.check()}.",
