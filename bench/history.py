@@ -39,6 +39,7 @@ from bench.ingest import server_problems as stderr_problems
 from receiver.store.base import EventRow
 from receiver.store.history import DELIVERIES_OF_JOB, EVENTS_OF_JOB, JOB_BY_ID, JobFilter, jobs_query
 from receiver.store.sqlite import connect_writer, write_events
+from tests.serve import process_tree
 
 START, END = "<!-- bench:history:start -->", "<!-- bench:history:end -->"
 BATCH = 2000  # events per transaction while seeding
@@ -354,16 +355,6 @@ def find_pid(config: Path) -> int:
                 if b"serve" in argv and str(config).encode() in argv:
                     return int(entry.name)
     fail(f"no process serving {config}")
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants: the server, its fork server, its SQLite writer process."""
-    found = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            for child in (task / "children").read_text().split():
-                found += process_tree(int(child))
-    return found
 
 
 class Memory(NamedTuple):

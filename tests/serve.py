@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 
@@ -40,13 +42,32 @@ def write_config(
     return config
 
 
-def start(config: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+def start(
+    config: Path,
+    log: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    preexec: Callable[[], None] | None = None,
+) -> subprocess.Popen[bytes]:
+    """`jobhook [ARGS] serve --config CONFIG`, its output appended to `log`."""
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "receiver", *args, "serve", "--config", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=preexec,
         )
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (a server, its fork server, its SQLite writer process)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread or child that ended meanwhile
+            for child in (task / "children").read_text().split():
+                found += process_tree(int(child))
+    return found
 
 
 def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -18,17 +15,6 @@ import pytest
 from tests import serve
 from tests.jobs import job
 from tests.peers import JsonSink, wait_until
-
-
-def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "receiver", "serve", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
 
 
 def all_sent(directory: Path) -> bool:
@@ -77,7 +63,7 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> N
             ),
         )
         log = tmp_path / "serve.log"
-        proc = start(config, log)
+        proc = serve.start(config, log)
         await asyncio.to_thread(serve.wait_healthy, port, proc)
         acked: dict[str, str] = {}
         stop = asyncio.Event()
@@ -95,7 +81,7 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> N
         lost = set(acked_at_kill) - stored
         assert not lost, f"{len(lost)} acknowledged events lost"
 
-        proc = start(config, log)  # restart on the same database: the outbox is delivered
+        proc = serve.start(config, log)  # restart on the same database: the outbox is delivered
         try:
             await asyncio.to_thread(serve.wait_healthy, port, proc)
             failed = {job_id for job_id, status in acked_at_kill.items() if status == "Failed"}
@@ -138,7 +124,7 @@ async def test_kill_9_while_the_worker_delivers_to_a_slow_sink(tmp_path: Path) -
             ),
         )
         log = tmp_path / "serve.log"
-        proc = start(config, log)
+        proc = serve.start(config, log)
         await asyncio.to_thread(serve.wait_healthy, port, proc)
         acked: dict[str, str] = {}
         stop = asyncio.Event()
@@ -160,7 +146,7 @@ async def test_kill_9_while_the_worker_delivers_to_a_slow_sink(tmp_path: Path) -
         assert not set(acked_at_kill) - stored, "acknowledged events lost"
 
         sink.delay = 0.0
-        proc = start(config, log)
+        proc = serve.start(config, log)
         try:
             await asyncio.to_thread(serve.wait_healthy, port, proc)
 

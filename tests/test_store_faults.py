@@ -20,8 +20,7 @@ import resource
 import signal
 import sqlite3
 import subprocess
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -48,28 +47,9 @@ def _without_dac_override() -> None:
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
-def start(config: Path, log: Path, preexec: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "receiver", "serve", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=preexec,
-        )
-
-
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and all its descendants (the server, its fork server, its writer process)."""
-    found = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            found += process_tree(int(child))
-    return found
 
 
 class Poster:
@@ -136,7 +116,7 @@ def jobs(count: int) -> list[dict[str, Any]]:
 async def test_disk_full_answers_503_then_recovers_by_itself(tmp_path: Path) -> None:
     port = serve.free_port()
     config = serve.write_config(tmp_path, port, database="busy_timeout: 500ms")
-    proc = start(config, tmp_path / "serve.log")
+    proc = serve.start(config, tmp_path / "serve.log")
     try:
         await asyncio.to_thread(serve.wait_healthy, port, proc)
         async with poster(port) as client:
@@ -144,14 +124,14 @@ async def test_disk_full_answers_503_then_recovers_by_itself(tmp_path: Path) -> 
             assert all(s == 202 for s, _, _ in await asyncio.gather(*(client.post(j) for j in before)))
 
             _, hard = resource.prlimit(proc.pid, resource.RLIMIT_FSIZE)
-            for pid in process_tree(proc.pid):  # the disk is full, for the server and its writer process
+            for pid in serve.process_tree(proc.pid):  # the disk is full, for the server and its writer process
                 resource.prlimit(pid, resource.RLIMIT_FSIZE, (0, hard))
             during = jobs(40)
             for chunk in (during[:20], during[20:]):
                 await client.refused_while_faulty(chunk)
             assert await ready(port) == 503
 
-            for pid in process_tree(proc.pid):  # space again
+            for pid in serve.process_tree(proc.pid):  # space again
                 resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))
             await client.retried_until_accepted(during)
             assert await ready(port) == 200
@@ -176,7 +156,7 @@ async def test_read_only_database_answers_503_then_recovers_by_itself(tmp_path: 
     config = serve.write_config(tmp_path, port, database="busy_timeout: 500ms")
     log = tmp_path / "serve.log"
     data = tmp_path / "data"
-    proc = start(config, log, _without_dac_override)
+    proc = serve.start(config, log, preexec=_without_dac_override)
     try:
         await asyncio.to_thread(serve.wait_healthy, port, proc)
         async with poster(port) as client:
@@ -185,7 +165,7 @@ async def test_read_only_database_answers_503_then_recovers_by_itself(tmp_path: 
         stop(proc)
 
         set_writable(data, False)  # the database file, its WAL files and their folder
-        proc = start(config, log, _without_dac_override)
+        proc = serve.start(config, log, preexec=_without_dac_override)
         await asyncio.to_thread(serve.wait_healthy, port, proc)  # it serves, though it cannot store
         async with poster(port) as client:
             client.acked |= {j["jobId"] for j in before}
@@ -208,7 +188,7 @@ async def test_read_only_database_answers_503_then_recovers_by_itself(tmp_path: 
 async def test_lock_held_by_another_process_answers_503_then_recovers(tmp_path: Path, lock_holder: Any) -> None:
     port = serve.free_port()
     config = serve.write_config(tmp_path, port, database="busy_timeout: 300ms")  # the lock_holder's database
-    proc = start(config, tmp_path / "serve.log")
+    proc = serve.start(config, tmp_path / "serve.log")
     try:
         await asyncio.to_thread(serve.wait_healthy, port, proc)
         async with poster(port) as client:
