@@ -142,30 +142,30 @@ def connect_writer(path: Path, synchronous: str, busy_timeout_ms: int) -> sqlite
     """The writer's connection, opened in the writer process at its first round and again after a failure
     closed it (an I/O error leaves a connection in an unknown state). It brings the schema up to date, so
     a database that could not be written at startup gets its migrations once it can."""
+    return _connect_and_migrate(path, synchronous, busy_timeout_ms)[0]
+
+
+def _migrate(path: Path, synchronous: str, busy_timeout_ms: int) -> list[str]:
+    """At startup, on the loop's behalf: apply migrations and report which were new."""
+    conn, applied = _connect_and_migrate(path, synchronous, busy_timeout_ms)
+    conn.close()
+    return applied
+
+
+def _connect_and_migrate(path: Path, synchronous: str, busy_timeout_ms: int) -> tuple[sqlite3.Connection, list[str]]:
     conn = sqlite3.connect(path, isolation_level=None, cached_statements=512)
     try:
         conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         conn.execute("PRAGMA journal_mode = WAL")
         # FULL: every commit syncs the WAL, so an acknowledged event survives power loss.
         conn.execute(f"PRAGMA synchronous = {synchronous}")
-        apply_migrations(conn)
+        applied = apply_migrations(conn)
         if synchronous == "FULL":  # the WAL file exists now: make its directory entry durable too
             _fsync_path(path.parent)
     except BaseException:
         conn.close()
         raise
-    return conn
-
-
-def _migrate(path: Path, synchronous: str, busy_timeout_ms: int) -> list[str]:
-    """At startup, on the loop's behalf: apply migrations and report which were new."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        return apply_migrations(conn)
-    finally:
-        conn.close()
+    return conn, applied
 
 
 class SqliteStore(HistoryQueries):
