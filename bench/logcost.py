@@ -27,16 +27,25 @@ from aiohttp import web
 
 from notifiers.redaction import RedactingFilter, Redactor
 from receiver.intake import ANSWER_LOG
-from receiver.logs import FORMATS, TEXT_FORMAT, LogFormat, configure_logging
+from receiver.logs import FORMATS, TEXT_FORMAT, Lines, LogFormat, configure_logging
 from receiver.requestid import REQUEST_ID, request_id
 
 JOB_ID, STATUS = "01ARZ3NDEKTSV4RRFFQ69G5FAV", "Failed"
 REDACTOR = Redactor(["a-configured-secret-0001", "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ="])
 log = logging.getLogger("jobhook.intake")
+answer_lines = Lines(log, ANSWER_LOG)
 
 
 def one_request() -> None:
     """What `JobIntake.receive` adds per request."""
+    rid = request_id({})
+    response = web.Response(status=202)
+    response.headers[REQUEST_ID] = rid
+    answer_lines.emit(rid, 202, "accepted", JOB_ID, STATUS)
+
+
+def record_per_line() -> None:
+    """The same through a logger call: a LogRecord per line (jobhook's intake before `Lines`)."""
     rid = request_id({})
     response = web.Response(status=202)
     response.headers[REQUEST_ID] = rid
@@ -111,6 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop()
         total = until_written(one_request, args.count, functools.partial(new_pipeline, log_format))
         rows.append((f"INFO on, --log-format {log_format}", on_loop, total))
+    stop = new_pipeline("text")
+    on_loop = per_call(record_per_line, args.count)
+    stop()
+    total = until_written(record_per_line, args.count, functools.partial(new_pipeline, "text"))
+    rows.append(("INFO on, a LogRecord per line as before `Lines` (text)", on_loop, total))
     stop = new_pipeline("text")
     logging.getLogger().setLevel(logging.WARNING)
     rows.append(("INFO off (--log-level WARNING)", per_call(one_request, args.count), None))

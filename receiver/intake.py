@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from receiver.auth import Authenticator, AuthFailed
 from receiver.errors import BODY_ERRORS, body_unreadable, error_response, internal_error
-from receiver.logs import Template
+from receiver.logs import Lines, Template
 from receiver.models import Job
 from receiver.requestid import REQUEST_ID, request_id
 from receiver.store import EventRow, Ingested, Store, StoreUnavailable
@@ -67,6 +67,7 @@ class JobIntake:
         self._read_timeout = read_timeout
         self._on_transition = on_transition
         self._auth = auth
+        self._answer_lines = Lines(log, ANSWER_LOG)
         self.received = 0  # requests seen: the delivery worker reads it to give way to heavy intake
         # For /metrics, read at scrape time: answers by HTTP status (each status here has one outcome or
         # error code, see INTAKE_OUTCOMES) and transitions queued for notification by status.
@@ -87,11 +88,10 @@ class JobIntake:
         status = response.status
         self.answers[status] += 1
         response.headers[REQUEST_ID] = rid
-        if log.isEnabledFor(logging.INFO):  # the arguments are not even looked up otherwise
-            if job is None:
-                log.info(ANSWER_LOG, rid, status, INTAKE_OUTCOMES.get(status, "-"), "-", "-")
-            else:
-                log.info(ANSWER_LOG, rid, status, INTAKE_OUTCOMES.get(status, "-"), job.jobId, job.status)
+        if job is None:
+            self._answer_lines.emit(rid, status, INTAKE_OUTCOMES.get(status, "-"), "-", "-")
+        else:  # no newline can be in them: the id is checked (receiver.requestid), jobId and status validated
+            self._answer_lines.emit(rid, status, INTAKE_OUTCOMES.get(status, "-"), job.jobId, job.status.value)
         return response
 
     async def _receive(self, request: web.Request) -> tuple[web.Response, Job | None]:

@@ -8,6 +8,9 @@ therefore formatted later, on that thread: pass values (str, int), not objects t
 A `Template` message names its arguments, so JSON lines carry them as fields (`request_id`, `job_id`,
 ...) while text lines read as ordinary sentences; pairing names with values also happens on the
 logging thread, never on the request path.
+
+A line per request takes `Lines` instead of a logger call: the request path queues the arguments and
+the time (no LogRecord), and the thread formats the whole pass's lines and redacts their text at once.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal, TextIO
 
@@ -73,6 +77,10 @@ class TextFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return f"{self._seconds(record.created)},{int(record.msecs):03d}"
 
+    def format_line(self, created: float, name: str, template: Template, args: tuple[Any, ...]) -> str:
+        """An INFO line of `Lines`: what `format` makes of the record `logger.info(template, *args)` would."""
+        return f"{self._seconds(created)},{int((created - int(created)) * 1000):03d} INFO {name}: {template % args}"
+
     def format(self, record: logging.LogRecord) -> str:
         """What `logging.Formatter.format` makes of TEXT_FORMAT, in one f-string."""
         line = f"{self.formatTime(record)} {record.levelname} {record.name}: {record.getMessage()}"
@@ -92,6 +100,18 @@ class JsonFormatter(logging.Formatter):
         super().__init__()
         self._seconds = _PerSecond("%Y-%m-%dT%H:%M:%S", time.gmtime)
 
+    def format_line(self, created: float, name: str, template: Template, args: tuple[Any, ...]) -> str:
+        """An INFO line of `Lines`: what `format` makes of the record `logger.info(template, *args)` would."""
+        entry = {
+            "time": f"{self._seconds(created)}.{int((created - int(created)) * 1000):03d}Z",
+            "level": "INFO",
+            "logger": name,
+            "message": template % args,
+        }
+        for field, value in zip(template.fields, args, strict=False):
+            entry.setdefault(field, value)
+        return json.dumps(entry, default=str)
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": f"{self._seconds(record.created)}.{int(record.msecs):03d}Z",
@@ -108,6 +128,37 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class Lines:
+    """INFO lines of one `Template` on one logger, made for a line per request.
+
+    `logger.info` makes a LogRecord on the event loop (about 3 µs), and the log thread then filters and
+    formats each record on its own, under the GIL the loop needs (another 3 to 6 µs). `emit` queues only
+    the time and the arguments; the thread formats a pass's lines in one go and runs the handler's
+    filters (the redaction) once over their joined text. So the arguments are the same plain values a
+    logger call takes, and no line may hold a newline: it would be split as it is redacted. A pass's
+    lines are written after that pass's records, so they may trail other records by up to a pass.
+
+    Without `configure_logging` (tests, another program using the package) `emit` is `logger.info`.
+    """
+
+    def __init__(self, logger: logging.Logger, template: Template) -> None:
+        self.logger, self.template = logger, template
+
+    def emit(self, *args: Any) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        queued = _lines
+        if queued is None:
+            self.logger.info(self.template, *args)
+        else:
+            queued.append((time.time(), self, args))
+
+
+QueuedLine = tuple[float, Lines, tuple[Any, ...]]
+# Where `Lines.emit` queues while `configure_logging`'s thread runs (deque: append and popleft are atomic).
+_lines: deque[QueuedLine] | None = None
+
+
 class _Enqueue(logging.handlers.QueueHandler):
     """Hands the record over untouched: the stdlib version formats and copies it on the caller's thread."""
 
@@ -121,16 +172,24 @@ POLL_SECONDS = 0.02  # a line is written at most this much later; each pass hold
 
 
 class _Writer(threading.Thread):
-    """Takes every record queued so far, filters and formats them with `handler`, and writes them in one call.
+    """Takes every record and `Lines` line queued so far, formats them, and writes them in one call.
 
-    One write (and one flush) per batch instead of per line: under load that is a system call for many
+    One write (and one flush) per pass instead of per line: under load that is a system call for many
     log lines, not one each.
     """
 
-    def __init__(self, records: queue.SimpleQueue[logging.LogRecord], handler: logging.StreamHandler[TextIO]) -> None:
+    def __init__(
+        self,
+        records: queue.SimpleQueue[logging.LogRecord],
+        lines: deque[QueuedLine],
+        handler: logging.StreamHandler[TextIO],
+        formatter: TextFormatter | JsonFormatter,
+    ) -> None:
         super().__init__(name="jobhook-log", daemon=True)
         self.records = records
+        self.lines = lines
         self.handler = handler
+        self.formatter = formatter  # also the handler's
 
     def run(self) -> None:
         stopping = False
@@ -144,23 +203,42 @@ class _Writer(threading.Thread):
                     batch.append(self.records.get_nowait())
                 except queue.Empty:
                     break
-            lines = []
-            for record in batch:
-                if record is _STOP:
-                    stopping = True
-                    continue
-                try:
-                    if self.handler.filter(record):
-                        lines.append(self.handler.format(record) + "\n")
-                except Exception:
-                    self.handler.handleError(record)
-            if not lines:
+            stopping = _STOP in batch
+            text = self._records_text([record for record in batch if record is not _STOP])
+            text += self._lines_text(everything=stopping)
+            if not text:
                 continue
             try:
-                self.handler.stream.write("".join(lines))
+                self.handler.stream.write(text)
                 self.handler.stream.flush()
             except Exception:
-                self.handler.handleError(batch[-1])
+                self.handler.handleError(batch[-1] if batch else logging.makeLogRecord({"msg": "log lines"}))
+
+    def _records_text(self, batch: list[logging.LogRecord]) -> str:
+        lines = []
+        for record in batch:
+            try:
+                if self.handler.filter(record):
+                    lines.append(self.handler.format(record) + "\n")
+            except Exception:
+                self.handler.handleError(record)
+        return "".join(lines)
+
+    def _lines_text(self, *, everything: bool) -> str:
+        """The queued `Lines` lines, formatted, then filtered (redacted) as one text."""
+        queued, format_line = self.lines, self.formatter.format_line
+        lines: list[str] = []
+        while queued and (everything or len(lines) < MAX_BATCH):
+            created, source, args = queued.popleft()
+            lines.append(format_line(created, source.logger.name, source.template, args) + "\n")
+        if not lines:
+            return ""
+        joined = logging.makeLogRecord({"name": "jobhook", "levelno": logging.INFO, "msg": "".join(lines)})
+        try:
+            return joined.getMessage() if self.handler.filter(joined) else ""
+        except Exception:
+            self.handler.handleError(joined)
+            return ""
 
     def stop(self) -> None:
         """Write everything queued before this call, then end."""
@@ -182,13 +260,24 @@ def configure_logging(level: str, log_format: LogFormat = "text") -> tuple[loggi
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    global _lines
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    lines: deque[QueuedLine] = deque()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
-    writer = _Writer(records, handler)
+    formatter = JsonFormatter() if log_format == "json" else TextFormatter()
+    handler.setFormatter(formatter)
+    writer = _Writer(records, lines, handler, formatter)
     enqueue = _Enqueue(records)
     # Dropped at our handler, not by level: apprise still captures its messages into each send's result.
     enqueue.addFilter(lambda record: not record.name.startswith("apprise"))
     logging.basicConfig(level=level, handlers=[enqueue])
     writer.start()
-    return handler, writer.stop
+    _lines = lines
+
+    def stop() -> None:
+        global _lines
+        if _lines is lines:
+            _lines = None  # later lines go the way of later records
+        writer.stop()
+
+    return handler, stop

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 
 from notifiers.redaction import RedactingFilter, Redactor
 from receiver.cli import _parser
-from receiver.logs import TEXT_FORMAT, JsonFormatter, Template, TextFormatter
+from receiver.logs import TEXT_FORMAT, JsonFormatter, Lines, Template, TextFormatter, configure_logging
 from receiver.requestid import MAX_LENGTH, request_id
 from tests import serve
 from tests.conftest import AppClient
@@ -95,6 +96,69 @@ def test_text_lines_are_what_the_stdlib_formatter_writes(exc: bool) -> None:
         record = _record("store open at %s", "sqlite:///x.db", exc=exc)
         record.created, record.msecs = created, (created - int(created)) * 1000
         assert text.format(record) == logging.Formatter(TEXT_FORMAT).format(record)
+
+
+ANSWER = Template("request %s: %d %s", "request_id", "http_status", "outcome")
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter, JsonFormatter])
+def test_a_queued_line_reads_as_the_record_a_logger_call_makes(formatter: type[TextFormatter | JsonFormatter]) -> None:
+    for created in (1_800_000_000.0, 1_800_000_000.999, 1_800_000_001.5):
+        record = _record(ANSWER, "r-1", 202, "accepted")
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        line = formatter().format_line(created, "jobhook.intake", ANSWER, ("r-1", 202, "accepted"))
+        assert line == formatter().format(record)
+
+
+@pytest.fixture
+def configured(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], str]]:
+    """For `configure_logging` as `jobhook` calls it (to stderr): what it wrote; the root logger restored after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield lambda: capsys.readouterr().err
+    finally:
+        root.handlers, root.level = handlers, level
+
+
+def _configure(level: str, log_format: str = "text") -> tuple[logging.Handler, Any]:
+    logging.getLogger().handlers = []  # pytest's capture handlers would make basicConfig a no-op
+    return configure_logging(level, log_format)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_queued_lines_are_written_redacted_beside_records(configured: Callable[[], str], log_format: str) -> None:
+    secret = "S3cret-value-in-a-line"
+    handler, stop = _configure("INFO", log_format)
+    handler.addFilter(RedactingFilter(Redactor([secret])))
+    lines = Lines(logging.getLogger("jobhook.intake"), ANSWER)
+    logging.getLogger("jobhook").info("listening")
+    for n in range(3):
+        lines.emit(f"r-{n}", 202, "accepted")
+    lines.emit(secret, 200, "duplicate")
+    stop()
+    written = configured()
+    assert secret not in written
+    rows = written.splitlines()
+    assert len(rows) == 5
+    if log_format == "json":
+        entries = [json.loads(row) for row in rows]
+        assert [e["message"] for e in entries] == [
+            "listening", "request r-0: 202 accepted", "request r-1: 202 accepted", "request r-2: 202 accepted",
+            "request ****: 200 duplicate",
+        ]  # fmt: skip
+        assert entries[1]["request_id"] == "r-0" and entries[1]["http_status"] == 202
+    else:
+        assert rows[0].endswith(" INFO jobhook: listening")
+        assert rows[1].endswith(" INFO jobhook.intake: request r-0: 202 accepted")
+        assert rows[4].endswith(" INFO jobhook.intake: request ****: 200 duplicate")
+
+
+def test_queued_lines_follow_the_loggers_level(configured: Callable[[], str]) -> None:
+    _, stop = _configure("WARNING")
+    Lines(logging.getLogger("jobhook.intake"), ANSWER).emit("r-1", 202, "accepted")
+    stop()
+    assert configured() == ""
 
 
 def test_redaction_covers_message_fields_and_tracebacks_in_json() -> None:
