@@ -59,6 +59,7 @@ Op = tuple[Any, ...]
 Answer = tuple[str, Any]
 RoundAnswer = tuple[list[list[Answer] | None], int, float]
 _STOP: list[Op] = [("stop",)]
+_READ_SIZE = 1 << 20
 # Rows per frame: a burst of requests goes out in frames of this many, so the writer commits the first
 # while the loop still parses the rest. Measured 8-24 alike and about 10% more events/s than one frame
 # per turn of the loop (bench/README.md, "Why ingest stops near half of bare aiohttp").
@@ -86,16 +87,16 @@ def serve_writer(channel: Connection, connect: Connect, write_batch: BatchFn[Any
     # walks (and so never copies) them.
     gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    frames = _Frames(socket.socket(fileno=os.dup(channel.fileno())))
+    channel.close()
     db: sqlite3.Connection | None = None
     try:
         while True:
             try:
-                frames = [_read(channel)]
-                while channel.poll():
-                    frames.append(_read(channel))
+                received = [_unpickle(frame) for frame in frames.take()]
             except (EOFError, OSError):
                 return  # the server is gone (or was killed): nobody is left to answer
-            work = [ops for ops in frames if ops != _STOP]
+            work = [ops for ops in received if ops != _STOP]
             if work:
                 readable = [ops for ops in work if ops is not None]
                 answer: RoundAnswer = ([], 0, 0.0)
@@ -109,17 +110,67 @@ def serve_writer(channel: Connection, connect: Connect, write_batch: BatchFn[Any
                     if not usable:
                         _close(db)
                         db = None
-                channel.send_bytes(_dumps(_with_unreadable(work, answer)))
-            if len(work) < len(frames):
+                try:
+                    frames.send(_dumps(_with_unreadable(work, answer)))
+                except OSError:
+                    return  # the server is gone
+            if len(work) < len(received):
                 return
     finally:
         if db is not None:
             _close(db)
 
 
-def _read(channel: Connection) -> list[Op] | None:
+class _Frames:
+    """The writer's end of the socket pair: every whole frame that has arrived, in as few reads as it takes.
+
+    A blocking read waits for the first bytes, then reads that would block end the drain: a round of
+    frames costs a system call or two, not a poll and two reads per frame (multiprocessing's Connection).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = bytearray()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(_frame_bytes(data))
+
+    def take(self) -> list[bytearray]:
+        """Wait for at least one whole frame; return all whole frames received. EOFError once the peer closed."""
+        while True:
+            self._receive(blocking=True)
+            while self._receive(blocking=False):
+                pass
+            frames = self._whole_frames()
+            if frames:
+                return frames
+
+    def _receive(self, *, blocking: bool) -> bool:
+        try:
+            data = self.sock.recv(_READ_SIZE, 0 if blocking else socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        if not data:
+            raise EOFError
+        self._buffer += data
+        return True
+
+    def _whole_frames(self) -> list[bytearray]:
+        buffer, start = self._buffer, 0
+        frames: list[bytearray] = []
+        while len(buffer) - start >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(buffer, start)
+            end = start + _HEADER.size + size
+            if len(buffer) < end:
+                break
+            frames.append(buffer[start + _HEADER.size : end])
+            start = end
+        del buffer[:start]
+        return frames
+
+
+def _unpickle(data: bytearray) -> list[Op] | None:
     """One frame's ops; None when they cannot be unpickled here (a function this process cannot import)."""
-    data = channel.recv_bytes()
     try:
         ops: list[Op] = pickle.loads(data)
     except Exception:
@@ -467,7 +518,10 @@ def _start_without_main(process: multiprocessing.process.BaseProcess) -> None:
 
 
 def _frame(payload: Any) -> bytes:
-    data = pickle.dumps(payload, pickle.HIGHEST_PROTOCOL)
+    return _frame_bytes(pickle.dumps(payload, pickle.HIGHEST_PROTOCOL))
+
+
+def _frame_bytes(data: bytes) -> bytes:
     return _HEADER.pack(len(data)) + data
 
 
