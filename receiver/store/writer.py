@@ -141,7 +141,7 @@ class _Frames:
             self._receive(blocking=True)
             while self._receive(blocking=False):
                 pass
-            frames = self._whole_frames()
+            frames = _whole_frames(self._buffer)
             if frames:
                 return frames
 
@@ -155,18 +155,20 @@ class _Frames:
         self._buffer += data
         return True
 
-    def _whole_frames(self) -> list[bytearray]:
-        buffer, start = self._buffer, 0
-        frames: list[bytearray] = []
-        while len(buffer) - start >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(buffer, start)
-            end = start + _HEADER.size + size
-            if len(buffer) < end:
-                break
-            frames.append(buffer[start + _HEADER.size : end])
-            start = end
-        del buffer[:start]
-        return frames
+
+def _whole_frames(buffer: bytearray) -> list[bytearray]:
+    """Take every whole frame off the front of `buffer`; a partial one stays for the next read."""
+    start = 0
+    frames: list[bytearray] = []
+    while len(buffer) - start >= _HEADER.size:
+        (size,) = _HEADER.unpack_from(buffer, start)
+        end = start + _HEADER.size + size
+        if len(buffer) < end:
+            break
+        frames.append(buffer[start + _HEADER.size : end])
+        start = end
+    del buffer[:start]
+    return frames
 
 
 def _unpickle(data: bytearray) -> list[Op] | None:
@@ -286,17 +288,9 @@ class _Channel(asyncio.Protocol):
         self._buffer = bytearray()
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        start = 0
-        while len(buffer) - start >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(buffer, start)
-            end = start + _HEADER.size + size
-            if len(buffer) < end:
-                break
-            self._on_answer(pickle.loads(memoryview(buffer)[start + _HEADER.size : end]))
-            start = end
-        del buffer[:start]
+        self._buffer += data
+        for frame in _whole_frames(self._buffer):
+            self._on_answer(pickle.loads(frame))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._on_lost()
