@@ -338,13 +338,13 @@ def sink(run_dir: Path) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def jobhook(run_dir: Path, sink_port: int) -> Iterator[tuple[int, Path, Path]]:
-    """`jobhook serve` sending every Failed job to the sink; yields (port, database, stderr log)."""
+def jobhook(run_dir: Path, sink_port: int) -> Iterator[tuple[int, Path, Path, int]]:
+    """`jobhook serve` sending every Failed job to the sink; yields (port, database, stderr log, pid)."""
     port = free_port()
     config, db = write_config(run_dir, port, sink_port)
     log = run_dir / f"{run_dir.name}-jobhook.stderr"
-    with server(jobhook_command(config), port, log, run_dir):
-        yield port, db, log
+    with server(jobhook_command(config), port, log, run_dir) as pid:
+        yield port, db, log, pid
 
 
 def report_problems(log: Path) -> str:
@@ -359,7 +359,7 @@ def delivery_rate(jobs: int, tmp: Path) -> RateRun:
     run_dir = tmp / "delivery-rate"
     run_dir.mkdir()
     with sink(run_dir) as sink_port:
-        with jobhook(run_dir, sink_port) as (port, db, log):
+        with jobhook(run_dir, sink_port) as (port, db, log, _):
             started = time.monotonic()
             post_seconds = post(port, jobs, "Failed jobs")
             wait_for_sink(sink_port, jobs)
@@ -377,7 +377,7 @@ def busy_vs_idle(args: argparse.Namespace, tmp: Path) -> BusyRun:
     run_dir = tmp / "busy-vs-idle"
     run_dir.mkdir()
     with sink(run_dir) as sink_port:
-        with jobhook(run_dir, sink_port) as (port, db, log):
+        with jobhook(run_dir, sink_port) as (port, db, log, _):
             idle, idle_acked = load("ingest, worker idle", port, args, 0)
             idle_deliveries = sink_stats(sink_port).count
             progress(f"seeding a backlog of {args.backlog:,} Failed jobs...")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import random
 import signal
@@ -346,17 +345,6 @@ def run_all(port: int, job_ids: Sequence[str], requests: int, rng: random.Random
     return results
 
 
-def find_pid(config: Path) -> int:
-    """The `jobhook serve --config CONFIG` process."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-                if b"serve" in argv and str(config).encode() in argv:
-                    return int(entry.name)
-    fail(f"no process serving {config}")
-
-
 class Memory(NamedTuple):
     """MB summed over the server's processes (server, fork server, resource tracker, SQLite writer)."""
 
@@ -447,8 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         log = tmp / "history-jobhook.stderr"
         progress("starting jobhook serve...")
-        with server(jobhook_command(config), port, log, tmp):
-            pid = find_pid(config)
+        with server(jobhook_command(config), port, log, tmp) as pid:
             progress(f"  serving as pid {pid}, PSS {memory_mb(pid).pss:,.1f} MB before any request")
             results = run_all(port, job_ids, args.requests, rng)
             rss = memory_mb(pid)

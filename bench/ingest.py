@@ -97,8 +97,8 @@ def server_problems(log: Path) -> str:
 
 
 @contextlib.contextmanager
-def server(command: Sequence[str], port: int, log: Path, cwd: Path) -> Iterator[None]:
-    """Start a server process, wait for GET /healthz = 200, and SIGTERM it (then wait) however we leave."""
+def server(command: Sequence[str], port: int, log: Path, cwd: Path) -> Iterator[int]:
+    """Start a server process, wait for GET /healthz = 200, yield its pid; SIGTERM it (then wait) however we leave."""
     env = {**os.environ, "PYTHONFAULTHANDLER": "1"}  # SIGABRT dumps every thread's stack to the log
     with log.open("wb") as err:
         proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
@@ -116,7 +116,7 @@ def server(command: Sequence[str], port: int, log: Path, cwd: Path) -> Iterator[
             if time.monotonic() > deadline:
                 fail(f"server not ready after 30 s; {keep(log)}:\n{tail(log)}")
             time.sleep(0.1)
-        yield
+        yield proc.pid
         if proc.poll() is not None:
             fail(f"server exited with {proc.returncode} during the run; {keep(log)}:\n{tail(log)}")
     finally:

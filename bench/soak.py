@@ -35,7 +35,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.delivery import count_rows, jobhook, sink, sink_stats
-from bench.history import find_pid, memory_mb
+from bench.history import memory_mb
 from bench.ingest import ALPHABET, keep, machine, progress, server_problems, write_readme
 
 START, END = "<!-- bench:soak:start -->", "<!-- bench:soak:end -->"
@@ -275,8 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="jobhook-soak-") as directory:
         run_dir = Path(directory) / "soak"
         run_dir.mkdir()
-        with sink(run_dir) as sink_port, jobhook(run_dir, sink_port) as (port, db, log):
-            pid = find_pid(run_dir / "config.yaml")
+        with sink(run_dir) as sink_port, jobhook(run_dir, sink_port) as (port, db, log, pid):
             progress(f"soak: {args.duration} s, {args.rate} callbacks/s, sampling every {args.interval} s")
             rows = asyncio.run(drive(port, sink_port, pid, args))
             delivered = sink_stats(sink_port)
