@@ -44,13 +44,11 @@ from bench.ingest import (
     Wrk,
     free_port,
     jobhook_command,
-    keep,
     load,
     machine,
     progress,
+    report_problems,
     server,
-    server_problems,
-    tail,
     write_readme,
     wrk,
 )
@@ -345,13 +343,6 @@ def jobhook(run_dir: Path, sink_port: int) -> Iterator[tuple[int, Path, Path, in
     log = run_dir / f"{run_dir.name}-jobhook.stderr"
     with server(jobhook_command(config), port, log, run_dir) as pid:
         yield port, db, log, pid
-
-
-def report_problems(log: Path) -> str:
-    problems = server_problems(log)
-    if problems:
-        progress(f"  server stderr has {problems}; {keep(log)}:\n{tail(log, 10)}")
-    return problems
 
 
 def delivery_rate(jobs: int, tmp: Path) -> RateRun:

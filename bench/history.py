@@ -33,8 +33,7 @@ from typing import Any, NamedTuple, NoReturn
 
 import aiohttp
 
-from bench.ingest import ALPHABET, free_port, jobhook_command, keep, machine, progress, server, write_readme
-from bench.ingest import server_problems as stderr_problems
+from bench.ingest import ALPHABET, free_port, jobhook_command, machine, progress, report_problems, server, write_readme
 from receiver.store.base import EventRow
 from receiver.store.history import DELIVERIES_OF_JOB, EVENTS_OF_JOB, JOB_BY_ID, JobFilter, jobs_query
 from receiver.store.sqlite import connect_writer, write_events
@@ -440,9 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = run_all(port, job_ids, args.requests, rng)
             rss = memory_mb(pid)
         progress(f"  PSS {rss.pss:,.1f} MB, VmRSS {rss.rss:,.1f} MB after the requests (VmHWM {rss.hwm:,.1f} MB)")
-        problems = stderr_problems(log)
-        if problems:
-            progress(f"  server stderr has {problems}; kept in {keep(log)}")
+        problems = report_problems(log)
     command = f".venv/bin/python -m bench.history --events {args.events} --requests {args.requests}"
     report = f"{machine()}\n\n`{command}`\n\n{tables(seeded, results, rss, problems)}"
     print(report)

@@ -96,6 +96,14 @@ def server_problems(log: Path) -> str:
     return ", ".join(f"{n} {word}" for word, n in counts.items() if n > 0)
 
 
+def report_problems(log: Path) -> str:
+    """`server_problems(log)`; when there are any, the log is kept and its tail shown."""
+    problems = server_problems(log)
+    if problems:
+        progress(f"  server stderr has {problems}; {keep(log)}:\n{tail(log, 10)}")
+    return problems
+
+
 @contextlib.contextmanager
 def server(command: Sequence[str], port: int, log: Path, cwd: Path) -> Iterator[int]:
     """Start a server process, wait for GET /healthz = 200, yield its pid; SIGTERM it (then wait) however we leave."""
@@ -257,10 +265,7 @@ def jobhook(synchronous: str, terminal_percent: int, args: argparse.Namespace, t
         events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
         terminal = conn.execute(f"SELECT count(*) FROM events WHERE status IN {TERMINAL}").fetchone()[0]
         outbox = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
-    problems = server_problems(log)
-    if problems:
-        progress(f"  server stderr has {problems}; {keep(log)}:\n{tail(log, 10)}")
-    return Run(name, measured, acked, events, terminal, outbox, problems)
+    return Run(name, measured, acked, events, terminal, outbox, report_problems(log))
 
 
 def durability(run: Run, connections: int) -> str:

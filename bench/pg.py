@@ -24,13 +24,11 @@ from bench.ingest import (
     Wrk,
     free_port,
     jobhook_command,
-    keep,
     parse_wrk,
     progress,
+    report_problems,
     server,
-    server_problems,
     slug,
-    tail,
     wrk_command,
 )
 from tests.pgcluster import Admin, Cluster
@@ -97,9 +95,7 @@ def jobhook_postgres(
             f"non-2xx {measured.non2xx}"
         )
     events, terminal, outbox = asyncio.run(_count(url))
-    problems = ", ".join(p for p in (server_problems(log) for log in logs) if p)
-    if problems:
-        progress(f"  server stderr has {problems}; {keep(logs[0])}:\n{tail(logs[0], 10)}")
+    problems = ", ".join(p for p in map(report_problems, logs) if p)
     return Run(name, measured, warm.ok + measured.ok, events, terminal, outbox, problems)
 
 

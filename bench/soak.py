@@ -36,7 +36,7 @@ import aiohttp
 
 from bench.delivery import count_rows, jobhook, sink, sink_stats
 from bench.history import memory_mb
-from bench.ingest import ALPHABET, keep, machine, progress, server_problems, write_readme
+from bench.ingest import ALPHABET, machine, progress, report_problems, write_readme
 
 START, END = "<!-- bench:soak:start -->", "<!-- bench:soak:end -->"
 RSS_FLAT = 1.10  # last interval's RSS at most 10% above the first's
@@ -284,9 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"After stopping: {rows_now.events:,} events rows, {rows_now.deliveries:,} deliveries "
             f"({rows_now.sent:,} sent); the sink received {delivered.count:,} ({delivered.distinct:,} distinct)."
         )
-        problems = server_problems(log)
-        if problems:
-            progress(f"  server stderr has {problems}; {keep(log)}")
+        problems = report_problems(log)
     text = report(rows, args, counts, problems)
     print(text)
     if args.write_readme:
