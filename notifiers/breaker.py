@@ -53,9 +53,9 @@ class CircuitBreaker:
             return 0
         return 1
 
-    def claimed(self, count: int) -> None:
-        """Deliveries were claimed under `cap`: in half-open, the probe is now out."""
-        if self.state == CircuitState.HALF_OPEN and count:
+    def claimed(self) -> None:
+        """A delivery was claimed under `cap`: in half-open, the probe is now out."""
+        if self.state == CircuitState.HALF_OPEN:
             self.probing = True
 
     def record(self, failed: bool, now: int) -> None:

@@ -257,7 +257,7 @@ class DeliveryWorker:
         claimed = await self._store.claim_due(now, self._lease_ms, free, caps, self._rate_limits)
         for delivery in claimed:
             if delivery.target in caps:
-                self._breakers[delivery.target].claimed(1)
+                self._breakers[delivery.target].claimed()
             task = asyncio.create_task(self._deliver(delivery), name=f"delivery-{delivery.id}")
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)

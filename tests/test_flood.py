@@ -89,11 +89,11 @@ def test_breaker_opens_after_threshold_probes_once_and_closes_on_success() -> No
     assert breaker.status(7).open_until == 1006
     assert breaker.cap(1005) == 0
     assert breaker.cap(1006) == 1  # cool-off over: half-open, one probe
-    breaker.claimed(1)
+    breaker.claimed()
     assert breaker.cap(1007) == 0  # the probe is out: nothing else
     breaker.record(True, 1100)  # the probe failed: open again at once, for a whole cool-off
     assert (breaker.state, breaker.cap(2099), breaker.cap(2100), breaker.trips) == (CircuitState.OPEN, 0, 1, 2)
-    breaker.claimed(1)
+    breaker.claimed()
     breaker.record(False, 2200)
     assert (breaker.state, breaker.cap(2201), breaker.failures) == (CircuitState.CLOSED, None, 0)
 
