@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
+from receiver.logs import record_fields
+
 if TYPE_CHECKING:
     from receiver.settings import Settings
 
@@ -197,12 +199,11 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         redacted = self.redactor.redact(message)
-        names = getattr(record.msg, "fields", None)  # a receiver.logs.Template: its arguments are JSON fields too
-        if names and isinstance(record.args, tuple):
-            values = record.args
+        fields = record_fields(record)  # a receiver.logs.Template's arguments are JSON fields too
+        if fields:
             if redacted != message:  # a secret somewhere in the message: mask each field on its own too
-                values = tuple(self.redactor.redact(v) if isinstance(v, str) else v for v in values)
-            record.fields = dict(zip(names, values, strict=False))
+                fields = {name: self.redactor.redact(v) if isinstance(v, str) else v for name, v in fields.items()}
+            record.fields = fields
         record.msg, record.args = redacted, None  # formatted once: the formatter's getMessage() reuses it
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
