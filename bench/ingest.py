@@ -1,10 +1,11 @@
 """Ingest benchmark (SPEC §6): jobhook's acknowledged-and-durable events/s against a bare aiohttp handler.
 
 Runs, side by side in one go: bare, jobhook synchronous=full (non-terminal, then 25% terminal), jobhook
-synchronous=normal (same two mixes), bare again. Each is a 2 s warm-up and a measured wrk run
-(`wrk -t2 -c32 --latency -s bench/jobs.lua`), one fresh database per jobhook run. After each jobhook run
-the stopped server's database is opened read-only and its `events` rows are compared with the 2xx
-responses wrk saw. `python -m bench.ingest [--duration 10] [--connections 32] [--write-readme]`.
+synchronous=normal (same two mixes), jobhook on PostgreSQL with 1 and 2 replicas (`bench/pg.py`, same two
+mixes), bare again. Each is a 2 s warm-up and a measured wrk run (`wrk -t2 -c32 --latency -s bench/jobs.lua`),
+one fresh database per jobhook run. After each jobhook run the stopped server's database is read and its
+`events` rows are compared with the 2xx responses wrk saw. `python -m bench.ingest [--duration 10]
+[--connections 32] [--store sqlite|postgres|all] [--replicas 1 2] [--write-readme]`.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from bench.history import memory_mb
 from bench.ingest import ALPHABET, machine, progress, report_problems, write_readme
 
 START, END = "<!-- bench:soak:start -->", "<!-- bench:soak:end -->"
-RSS_FLAT = 1.10  # last interval's RSS at most 10% above the first's
+PSS_FLAT = 1.10  # last interval's memory (PSS) at most 10% above the first's
 P99_FLAT = 1.5
 MAX_IN_FLIGHT = 256
 SECTION = """## Soak (`bench/soak.py`)
@@ -68,7 +68,7 @@ class Interval:
 @dataclass
 class Row:
     minute: int
-    rss_mb: float
+    pss_mb: float
     posts: int
     intake_p50: float
     intake_p99: float
@@ -191,11 +191,11 @@ async def drive(port: int, sink_port: int, pid: int, args: argparse.Namespace) -
                 launch(timed(session, url, interval.history_ms, interval))
                 next_read += 1 / args.history_rate
             if now >= sample_at:
-                rss = memory_mb(pid).pss
+                pss = memory_mb(pid).pss
                 delivered = (await asyncio.to_thread(sink_stats, sink_port)).count
                 row = Row(
                     len(rows) + 1,
-                    rss,
+                    pss,
                     posts,
                     percentile(interval.intake_ms, 0.50),
                     percentile(interval.intake_ms, 0.99),
@@ -206,7 +206,7 @@ async def drive(port: int, sink_port: int, pid: int, args: argparse.Namespace) -
                 )
                 rows.append(row)
                 progress(
-                    f"  interval {row.minute}: PSS {row.rss_mb:.1f} MB, {posts:,} posts, "
+                    f"  interval {row.minute}: PSS {row.pss_mb:.1f} MB, {posts:,} posts, "
                     f"intake p50 {row.intake_p50:.2f} p99 {row.intake_p99:.2f} ms, "
                     f"history p99 {row.history_p99:.2f} ms, {row.non2xx} non-2xx, {row.errors} errors, "
                     f"{delivered:,} delivered"
@@ -242,17 +242,17 @@ def report(rows: list[Row], args: argparse.Namespace, counts: str, problems: str
     ]
     for r in rows:
         lines.append(
-            f"| {r.minute} | {r.rss_mb:.1f} | {r.posts:,} | {r.intake_p50:.2f} | {r.intake_p99:.2f} | "
+            f"| {r.minute} | {r.pss_mb:.1f} | {r.posts:,} | {r.intake_p50:.2f} | {r.intake_p99:.2f} | "
             f"{r.history_p99:.2f} | {r.non2xx} | {r.errors} | {r.delivered:,} |"
         )
     if len(rows) >= 2:
         first, last = rows[0], rows[-1]
-        rss_ok = flat(first.rss_mb, last.rss_mb, RSS_FLAT)
+        pss_ok = flat(first.pss_mb, last.pss_mb, PSS_FLAT)
         p99_ok = flat(first.intake_p99, last.intake_p99, P99_FLAT)
         lines += [
             "",
-            f"Memory (PSS) first vs last interval: {first.rss_mb:.1f} -> {last.rss_mb:.1f} MB "
-            f"({last.rss_mb / first.rss_mb:.2f}x): {'flat' if rss_ok else 'NOT flat'} (bound {RSS_FLAT}x).",
+            f"Memory (PSS) first vs last interval: {first.pss_mb:.1f} -> {last.pss_mb:.1f} MB "
+            f"({last.pss_mb / first.pss_mb:.2f}x): {'flat' if pss_ok else 'NOT flat'} (bound {PSS_FLAT}x).",
             f"Intake p99 first vs last: {first.intake_p99:.2f} -> {last.intake_p99:.2f} ms "
             f"({last.intake_p99 / first.intake_p99:.2f}x): {'flat' if p99_ok else 'NOT flat'} (bound {P99_FLAT}x); "
             f"history p99 {first.history_p99:.2f} -> {last.history_p99:.2f} ms.",
