@@ -231,22 +231,25 @@ async def list_notifications(request: web.Request) -> web.Response:
 async def redeliver(request: web.Request) -> web.Response:
     """POST /api/notifications/{id}/redeliver: pending again, due now, attempt history kept; 202."""
     raw = request.match_info["id"]
-    unknown = error_response(404, "not_found", f"no notification {raw[:80]!r}")
-    if not _LIMIT.fullmatch(raw):
-        return unknown
     try:
-        notification = await request.config_dict[STORE].redeliver_notification(int(raw), now_ms())
+        notification = await redeliver_notification(request, raw)
     except StoreUnavailable as exc:
         return _unavailable(exc)
     if notification is None:
-        return unknown
-    request.config_dict[WORKER].deliveries_due()
-    log_redelivered(request, notification)
+        return error_response(404, "not_found", f"no notification {raw[:80]!r}")
     return web.json_response(notification, status=202)
 
 
-def log_redelivered(request: web.Request, notification: Json) -> None:
-    """An operator's action, so an INFO line naming it (the API and the dashboard both redeliver)."""
+async def redeliver_notification(request: web.Request, raw: str) -> Json | None:
+    """Notification `raw` (the id as the path gives it) pending again and due now, the worker told, and an
+    INFO line naming the operator's action; None when there is no such notification. The API and the
+    dashboard's form both redeliver through here. Raises StoreUnavailable."""
+    if not _LIMIT.fullmatch(raw):  # the same 1 to 9 digits as a limit
+        return None
+    notification = await request.config_dict[STORE].redeliver_notification(int(raw), now_ms())
+    if notification is None:
+        return None
+    request.config_dict[WORKER].deliveries_due()
     log.info(
         REDELIVERED_LOG,
         requestid.of(request),
@@ -255,6 +258,7 @@ def log_redelivered(request: web.Request, notification: Json) -> None:
         notification["status"],
         notification["target"],
     )
+    return notification
 
 
 ROUTES: tuple[tuple[str, str, Handler], ...] = (

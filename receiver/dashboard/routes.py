@@ -19,7 +19,7 @@ from aiohttp import web
 from jinja2 import Environment
 
 from receiver.admin import admin_problem, index
-from receiver.api import STATUSES, QueryError, encode_cursor, log_redelivered, parse_jobs_query
+from receiver.api import STATUSES, QueryError, encode_cursor, parse_jobs_query, redeliver_notification
 from receiver.dashboard import access
 from receiver.dashboard.render import environment, page
 from receiver.durations import now_ms
@@ -143,16 +143,12 @@ async def redeliver(request: web.Request) -> web.Response:
         return refusal
     form = await request.post()
     raw = request.match_info["id"]
-    notification = None
-    if raw.isascii() and raw.isdigit() and len(raw) <= 9:
-        try:
-            notification = await request.config_dict[STORE].redeliver_notification(int(raw), now_ms())
-        except StoreUnavailable as exc:
-            return _unavailable(request, exc)
+    try:
+        notification = await redeliver_notification(request, raw)
+    except StoreUnavailable as exc:
+        return _unavailable(request, exc)
     if notification is None:
         return _problem(request, 404, "not_found", f"no notification {raw[:80]!r}")
-    request.config_dict[WORKER].deliveries_due()
-    log_redelivered(request, notification)
     next_path = form.get("next")
     return _see_other(access.local_path(next_path if isinstance(next_path, str) else None))
 
