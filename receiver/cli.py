@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import logging
-import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,13 +19,12 @@ from notifiers.render import render
 from notifiers.rules import match
 from notifiers.targets import send
 from receiver import history_cli
-from receiver.app import SERVER_OPTIONS, create_app, create_store
+from receiver.app import SERVER_OPTIONS, create_app
 from receiver.auth import build_authenticator
 from receiver.logs import FORMATS, configure_logging
 from receiver.models import Job, WatchRequest
 from receiver.serving import serve_app
 from receiver.settings import ConfigError, Settings, load_settings
-from receiver.store import StoreUnavailable
 from receiver.store.postgres import display_url
 from receiver.validation import field_problems
 
@@ -84,18 +82,13 @@ def _watch(settings: Settings, source: str, account_id: str, job_type: str, job_
             file=sys.stderr,
         )
         return EXIT_CONFIG
-
-    async def add() -> bool:
-        store = create_store(settings, frozenset())
-        await store.open()
-        try:
-            return await store.watch_job(wanted.accountId, wanted.jobType, wanted.jobId)
-        finally:
-            await store.close()
-
     try:
-        added = asyncio.run(add())
-    except (OSError, sqlite3.Error, StoreUnavailable) as exc:
+        added = asyncio.run(
+            history_cli.on_store(
+                settings, lambda store: store.watch_job(wanted.accountId, wanted.jobType, wanted.jobId)
+            )
+        )
+    except history_cli.STORE_ERRORS as exc:
         print(f"{display_url(settings.database.url)}: cannot record the job: {exc}", file=sys.stderr)
         return EXIT_NO_MATCH
     state = "watching" if added else "already known"

@@ -15,7 +15,7 @@ import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from receiver.api import QueryError, parse_jobs_query, parse_time
 from receiver.app import create_store
@@ -24,7 +24,10 @@ from receiver.settings import Settings
 from receiver.store import Store, StoreUnavailable
 from receiver.store.postgres import display_url
 
+T = TypeVar("T")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# What opening or using the configured store raises when it cannot be used (a command's exit 1).
+STORE_ERRORS = (OSError, sqlite3.Error, StoreUnavailable)
 EXPORT_FIELDS = (
     "jobId",
     "accountId",
@@ -73,28 +76,33 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
     }
     handler = handlers[args.command]
 
-    async def run() -> int:
-        store = create_store(settings, frozenset())
-        await store.open()
-        try:
-            return await handler(store, args)
-        finally:
-            await store.close()
+    def work(store: Store) -> Awaitable[int]:
+        return handler(store, args)
 
     try:
         if args.command == "export":
             if not args.output:
                 args.out = sys.stdout
-                return asyncio.run(run())
+                return asyncio.run(on_store(settings, work))
             with open(args.output, "w", encoding="utf-8", newline="") as args.out:
-                return asyncio.run(run())
-        return asyncio.run(run())
+                return asyncio.run(on_store(settings, work))
+        return asyncio.run(on_store(settings, work))
     except QueryError as exc:
         print(f"jobhook {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (OSError, sqlite3.Error, StoreUnavailable) as exc:
+    except STORE_ERRORS as exc:
         print(f"{display_url(settings.database.url)}: cannot use the store: {exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+async def on_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Open the configured store for one command's `work`, and close it again."""
+    store = create_store(settings, frozenset())
+    await store.open()
+    try:
+        return await work(store)
+    finally:
+        await store.close()
 
 
 def iso(ms: int | None) -> str:
