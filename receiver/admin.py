@@ -15,11 +15,10 @@ from pydantic import ValidationError
 
 from receiver import requestid
 from receiver.auth import AuthFailed, TokenAuth
-from receiver.errors import ANY_PATH, Handler, enveloped, error_response, method_not_allowed, not_found
+from receiver.errors import ANY_PATH, Handler, enveloped, error_response, invalid_body, method_not_allowed, not_found
 from receiver.keys import POLLERS
 from receiver.models import WatchRequest
 from receiver.store import StoreUnavailable
-from receiver.validation import field_problems
 
 
 def _is_loopback(remote: str | None) -> bool:
@@ -84,12 +83,7 @@ async def watch(request: web.Request) -> web.Response:
     try:
         wanted = WatchRequest.model_validate_json(body)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        if errors[0]["type"] == "json_invalid":
-            return error_response(400, "malformed_json", f"body is not valid JSON: {errors[0]['msg']}")
-        return error_response(
-            422, "invalid_payload", "the watch request is not valid", field_problems(exc, echo_input=True)
-        )
+        return invalid_body(exc, "the watch request")
     poller = request.config_dict[POLLERS].get(wanted.accountId)
     if poller is None:
         return error_response(

@@ -15,8 +15,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
+from pydantic import ValidationError
 
 from receiver import requestid
+from receiver.validation import field_problems
 
 log = logging.getLogger("jobhook.http")
 
@@ -30,6 +32,15 @@ def error_response(
 ) -> web.Response:
     body = {"error": {"code": code, "message": message, "details": details}}
     return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json", headers=headers)
+
+
+def invalid_body(exc: ValidationError, what: str) -> web.Response:
+    """A JSON body its model refused: 400 `malformed_json` when it is not JSON at all, else 422
+    `invalid_payload` ("`what` is not valid") listing every bad field."""
+    errors = exc.errors(include_url=False)
+    if errors[0]["type"] == "json_invalid":
+        return error_response(400, "malformed_json", f"body is not valid JSON: {errors[0]['msg']}")
+    return error_response(422, "invalid_payload", f"{what} is not valid", field_problems(exc, echo_input=True))
 
 
 # What reading a body raises when its chunked framing or Content-Encoding breaks mid-body, or the client

@@ -16,12 +16,11 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from receiver.auth import Authenticator, AuthFailed
-from receiver.errors import BODY_ERRORS, body_unreadable, error_response, internal_error
+from receiver.errors import BODY_ERRORS, body_unreadable, error_response, internal_error, invalid_body
 from receiver.logs import Lines, Template
 from receiver.models import Job
 from receiver.requestid import REQUEST_ID, request_id
 from receiver.store import EventRow, Ingested, Store, StoreUnavailable
-from receiver.validation import field_problems
 
 log = logging.getLogger("jobhook.intake")
 
@@ -136,7 +135,7 @@ class JobIntake:
             job = Job.model_validate_json(body)
             text = body.decode()
         except ValidationError as exc:
-            return _invalid(exc), None
+            return invalid_body(exc, "the job object"), None
         except UnicodeDecodeError:
             return error_response(400, "malformed_json", "body is not valid UTF-8 JSON"), None
 
@@ -164,10 +163,3 @@ class JobIntake:
 
 def _unauthorized(exc: AuthFailed) -> web.Response:
     return error_response(401, "unauthorized", f"authentication failed: {exc}")
-
-
-def _invalid(exc: ValidationError) -> web.Response:
-    errors = exc.errors(include_url=False)
-    if errors[0]["type"] == "json_invalid":
-        return error_response(400, "malformed_json", f"body is not valid JSON: {errors[0]['msg']}")
-    return error_response(422, "invalid_payload", "the job object is not valid", field_problems(exc, echo_input=True))
