@@ -15,7 +15,16 @@ from pydantic import ValidationError
 
 from receiver import requestid
 from receiver.auth import AuthFailed, TokenAuth
-from receiver.errors import ANY_PATH, Handler, enveloped, error_response, invalid_body, method_not_allowed, not_found
+from receiver.errors import (
+    ANY_PATH,
+    Handler,
+    enveloped,
+    error_response,
+    invalid_body,
+    method_not_allowed,
+    not_found,
+    store_unavailable,
+)
 from receiver.keys import POLLERS
 from receiver.models import WatchRequest
 from receiver.store import StoreUnavailable
@@ -92,12 +101,7 @@ async def watch(request: web.Request) -> web.Response:
     try:
         added = await poller.watch(wanted.jobType, wanted.jobId)
     except StoreUnavailable as exc:
-        return error_response(
-            503,
-            "store_unavailable",
-            f"the job could not be recorded ({exc}); retry later",
-            headers={"Retry-After": "5"},
-        )
+        return store_unavailable(f"the job could not be recorded ({exc}); retry later")
     return web.json_response(
         {
             "watching": True,

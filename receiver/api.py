@@ -20,7 +20,7 @@ from aiohttp import web
 
 from receiver import durations, requestid
 from receiver.durations import now_ms
-from receiver.errors import Handler, error_response
+from receiver.errors import Handler, error_response, store_unavailable
 from receiver.keys import STORE, WORKER
 from receiver.logs import Template
 from receiver.models import JobStatus, NotificationState
@@ -185,7 +185,7 @@ def _invalid(exc: QueryError) -> web.Response:
 
 
 def _unavailable(exc: StoreUnavailable) -> web.Response:
-    return error_response(503, "store_unavailable", f"the store cannot be read ({exc})", headers={"Retry-After": "5"})
+    return store_unavailable(f"the store cannot be read ({exc})")
 
 
 async def list_jobs(request: web.Request) -> web.Response:

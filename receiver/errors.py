@@ -43,6 +43,14 @@ def invalid_body(exc: ValidationError, what: str) -> web.Response:
     return error_response(422, "invalid_payload", f"{what} is not valid", field_problems(exc, echo_input=True))
 
 
+RETRY_AFTER_SECONDS = "5"  # what every 503 (store or readiness) asks a client to wait
+
+
+def store_unavailable(message: str) -> web.Response:
+    """503 `store_unavailable` with Retry-After: the store failed the request, nothing was acknowledged."""
+    return error_response(503, "store_unavailable", message, headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
 # What reading a body raises when its chunked framing or Content-Encoding breaks mid-body, or the client
 # goes away before sending all of it (then nobody reads the answer, but nothing is logged as a bug either).
 BODY_ERRORS = (HttpProcessingError, RequestPayloadError, ConnectionError)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from receiver.errors import error_response
+from receiver.errors import RETRY_AFTER_SECONDS, error_response
 from receiver.keys import STORE, WORKER
 from receiver.store import StoreUnavailable
 
@@ -22,5 +22,5 @@ async def readyz(request: web.Request) -> web.Response:
     if not request.app[WORKER].running:
         problems.append("the outbox worker is not running")
     if problems:
-        return error_response(503, "not_ready", "; ".join(problems), headers={"Retry-After": "5"})
+        return error_response(503, "not_ready", "; ".join(problems), headers={"Retry-After": RETRY_AFTER_SECONDS})
     return web.json_response({"status": "ready"})

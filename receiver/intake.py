@@ -16,7 +16,14 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from receiver.auth import Authenticator, AuthFailed
-from receiver.errors import BODY_ERRORS, body_unreadable, error_response, internal_error, invalid_body
+from receiver.errors import (
+    BODY_ERRORS,
+    body_unreadable,
+    error_response,
+    internal_error,
+    invalid_body,
+    store_unavailable,
+)
 from receiver.logs import Lines, Template
 from receiver.models import Job
 from receiver.requestid import REQUEST_ID, request_id
@@ -42,7 +49,6 @@ INTAKE_OUTCOMES: dict[int, str] = {
 ANSWER_LOG = Template(
     "request %s: %d %s jobId=%s status=%s", "request_id", "http_status", "outcome", "job_id", "job_status"
 )
-RETRY_AFTER_SECONDS = "5"
 _ANSWER = b'{"accepted":true,"duplicate":%s,"jobId":"%s","status":"%s"}'
 
 
@@ -143,7 +149,7 @@ class JobIntake:
             outcome = await self._store.ingest(EventRow.from_job(job, text))
         except StoreUnavailable as exc:
             message = f"the event could not be stored ({exc}); retry later"
-            return error_response(503, "store_unavailable", message, headers={"Retry-After": RETRY_AFTER_SECONDS}), job
+            return store_unavailable(message), job
         if auth is not None:
             auth.accepted(message_id)
         if outcome is Ingested.DUPLICATE:

@@ -23,7 +23,7 @@ from receiver.api import STATUSES, QueryError, encode_cursor, parse_jobs_query, 
 from receiver.dashboard import access
 from receiver.dashboard.render import environment, page
 from receiver.durations import now_ms
-from receiver.errors import Handler, enveloped, error_response
+from receiver.errors import RETRY_AFTER_SECONDS, Handler, enveloped, error_response
 from receiver.keys import SETTINGS, STORE, WORKER
 from receiver.store import StoreUnavailable
 from receiver.store.history import JobFilter, NotificationFilter
@@ -77,7 +77,7 @@ def _context(request: web.Request, **values: Any) -> dict[str, Any]:
 
 def _unavailable(request: web.Request, exc: StoreUnavailable) -> web.Response:
     response = _problem(request, 503, "store_unavailable", f"the store cannot be read ({exc}); try again shortly")
-    response.headers["Retry-After"] = "5"
+    response.headers["Retry-After"] = RETRY_AFTER_SECONDS
     return response
 
 
