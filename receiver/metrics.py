@@ -37,8 +37,8 @@ class JobhookCollector(Collector):
         self,
         intake: JobIntake,
         pollers: Mapping[str, BytescalePoller],
-        store: Store | None = None,
-        worker: DeliveryWorker | None = None,
+        store: Store,
+        worker: DeliveryWorker,
     ) -> None:
         self._intake = intake
         self._pollers = pollers
@@ -52,19 +52,15 @@ class JobhookCollector(Collector):
         )
         yield from self._intake_outcomes()
         yield from self._pollers_metrics()
-        if self._store is not None:
-            yield histogram(
-                "jobhook_store_commit_batch_size",
-                "Items (events and worker writes) committed per writer round",
-                self._store.batch_sizes,
-            )
-            yield histogram(
-                "jobhook_store_commit_seconds",
-                "Seconds from BEGIN to COMMIT of a writer round",
-                self._store.commit_seconds,
-            )
-        if self._worker is not None:
-            yield from self._delivery_metrics(self._worker)
+        yield histogram(
+            "jobhook_store_commit_batch_size",
+            "Items (events and worker writes) committed per writer round",
+            self._store.batch_sizes,
+        )
+        yield histogram(
+            "jobhook_store_commit_seconds", "Seconds from BEGIN to COMMIT of a writer round", self._store.commit_seconds
+        )
+        yield from self._delivery_metrics(self._worker)
         if self.backlog is not None:
             yield from self._backlog_metrics(self.backlog)
 
@@ -166,21 +162,17 @@ class JobhookCollector(Collector):
 
 
 def metrics_route(
-    intake: JobIntake,
-    pollers: Mapping[str, BytescalePoller],
-    store: Store | None = None,
-    worker: DeliveryWorker | None = None,
+    intake: JobIntake, pollers: Mapping[str, BytescalePoller], store: Store, worker: DeliveryWorker
 ) -> web.RouteDef:
     registry = CollectorRegistry()
     collector = JobhookCollector(intake, pollers, store, worker)
     registry.register(collector)
 
     async def metrics(request: web.Request) -> web.Response:
-        if store is not None:
-            try:
-                collector.backlog = await store.outbox_stats()
-            except StoreUnavailable:
-                collector.backlog = None  # the backlog gauges are left out rather than stale
+        try:
+            collector.backlog = await store.outbox_stats()
+        except StoreUnavailable:
+            collector.backlog = None  # the backlog gauges are left out rather than stale
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return web.get("/metrics", metrics)
