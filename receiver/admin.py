@@ -55,7 +55,8 @@ def admin_problem(request: web.Request, token: str) -> web.Response | None:
 def create_api_app(token: str, routes: Sequence[tuple[str, str, Handler]] = ()) -> web.Application:
     """The `/api` sub-application: every route in it, and only those, behind the admin guard.
 
-    `routes` are (method, path, handler) triples (the history API, `receiver.api.ROUTES`); each path also
+    `routes` are (method, path, handler) triples (the history API, `receiver.api.ROUTES`), served beside
+    `POST /watch`; each path also
     answers other methods with 405, and anything else under `/api` is a 404. The guard wraps each handler
     rather than being a middleware: a middleware on any sub-application makes aiohttp run the middleware
     chain for every request of the whole server, intake included (about 2 µs each).
@@ -71,11 +72,8 @@ def create_api_app(token: str, routes: Sequence[tuple[str, str, Handler]] = ()) 
         return guard
 
     api = web.Application()
-    watch_resource = api.router.add_resource("/watch")
-    watch_resource.add_route("POST", guarded(watch))
-    watch_resource.add_route("*", guarded(method_not_allowed("POST")))
     by_path: dict[str, list[tuple[str, Handler]]] = {}
-    for method, path, handler in routes:
+    for method, path, handler in (("POST", "/watch", watch), *routes):
         by_path.setdefault(path, []).append((method, handler))
     for path, handlers in by_path.items():
         resource = api.router.add_resource(path)
