@@ -284,8 +284,7 @@ class SqliteStore(HistoryQueries):
         caps: Mapping[str, int] | None = None,
         rate_limits: Mapping[str, int] | None = None,
     ) -> list[ClaimedDelivery]:
-        if not caps and not rate_limits:  # the common case: the same call as before flood control
-            return await self.writer.call(deliveries.claim_due, now, lease_ms, limit)
+        # Plain dicts: they are pickled to the writer process.
         return await self.writer.call(
             deliveries.claim_due, now, lease_ms, limit, dict(caps or {}), dict(rate_limits or {})
         )
