@@ -113,21 +113,26 @@ def expand(conn: sqlite3.Connection, outbox_ids: Sequence[int], deliveries: Sequ
 
 
 def join_group(conn: sqlite3.Connection, delivery: NewDelivery, group: Grouping, now: int) -> int:
-    """Add a transition to its group's open digest, opening one when there is none; the digest's id.
-
-    Alertmanager's timers: a group quiet for `group_interval` starts afresh and waits `group_wait`;
-    otherwise the next digest is due `group_interval` after the previous one's window closed.
-    """
+    """Add a transition to its group's open digest, opening one when there is none; the digest's id."""
     latest = conn.execute(_LATEST_OF_GROUP, (delivery.rule, delivery.target, group.key)).fetchone()
     if latest is not None and not latest[1]:
         digest_id = int(latest[0])
     else:
-        next_window = None if latest is None else int(latest[2]) + group.interval_ms
-        due = now + group.wait_ms if next_window is None or now >= next_window else next_window
+        due = digest_due(group, None if latest is None else int(latest[2]), now)
         values = (delivery.status, delivery.rule, delivery.target, delivery.notify_type, PENDING, due, now)
         digest_id = _insert_digest(conn, (*values, group.key, due, 0))
     conn.execute(_INSERT_MEMBER, (digest_id, delivery.outbox_id, delivery.job_id))
     return digest_id
+
+
+def digest_due(group: Grouping, latest_window_end: int | None, now: int) -> int:
+    """When a digest opened now is due, after the group's latest digest closed its window at `latest_window_end`.
+
+    Alertmanager's timers: a group quiet for `group_interval` starts afresh and waits `group_wait`;
+    otherwise the next digest is due `group_interval` after the previous one's window closed.
+    """
+    next_window = None if latest_window_end is None else latest_window_end + group.interval_ms
+    return now + group.wait_ms if next_window is None or now >= next_window else next_window
 
 
 def _insert_digest(conn: sqlite3.Connection, values: tuple[object, ...]) -> int:
@@ -189,8 +194,14 @@ def claim_due(
     members = digest_members(conn, digests)
     if digests:
         conn.executemany("UPDATE deliveries SET sealed = 1 WHERE id = ? AND sealed = 0", [(i,) for i in digests])
+    return as_claimed(rows, members)
+
+
+def as_claimed(rows: Sequence[Sequence[Any]], members: Mapping[int, list[Member]]) -> list[ClaimedDelivery]:
+    """Claimed rows (id, target, title, body, notify_type, attempts, rule, job_id, group_key, ...) with their
+    digests' members."""
     claimed = []
-    for id_, target, title, body, notify_type, attempts, rule, job_id, group_key in rows:
+    for id_, target, title, body, notify_type, attempts, rule, job_id, group_key, *_ in rows:
         group = tuple(members.get(id_, ())) if job_id is None else None
         claimed.append(ClaimedDelivery(id_, target, title, body, notify_type, attempts, rule, group, group_key))
     return claimed
@@ -251,18 +262,22 @@ def record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: int) -> N
             "INSERT INTO delivery_attempts (delivery_id, at, ok, error) VALUES (?, ?, ?, ?)",
             (outcome.delivery_id, now, int(outcome.ok), outcome.error),
         )
-        if outcome.ok:
-            state, next_at, sent_at = SENT, None, now
-        elif outcome.next_attempt_at is None:
-            state, next_at, sent_at = DEAD, None, None
-        else:
-            state, next_at, sent_at = RETRYING, outcome.next_attempt_at, None
+        state, next_at, sent_at = next_state(outcome, now)
         conn.execute(
             """UPDATE deliveries SET state = ?, next_attempt_at = ?, sent_at = ?, lease_until = NULL,
                                      attempts = attempts + 1
                WHERE id = ? AND state != ?""",
             (state, next_at, sent_at, outcome.delivery_id, SENT),
         )
+
+
+def next_state(outcome: Outcome, now: int) -> tuple[str, int | None, int | None]:
+    """Where a delivery goes after this attempt: (state, next_attempt_at, sent_at)."""
+    if outcome.ok:
+        return SENT, None, now
+    if outcome.next_attempt_at is None:
+        return DEAD, None, None
+    return RETRYING, outcome.next_attempt_at, None
 
 
 def release(conn: sqlite3.Connection, delivery_ids: Sequence[int]) -> None:

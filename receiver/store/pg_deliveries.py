@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from receiver.store.deliveries import DEAD, PENDING, RETRYING, SENT, NewDelivery, Outcome
+from receiver.store.deliveries import DEAD, PENDING, SENT, NewDelivery, Outcome, next_state
 from receiver.store.history import DELIVERY_BY_ID, Json, attempts_query, members_query, notifications_json
 from receiver.store.pg_flood import join_group
 from receiver.store.pg_ingest import columns
@@ -72,14 +72,7 @@ async def expand(conn: Conn, outbox_ids: Sequence[int], planned: Sequence[NewDel
 
 async def record(conn: Conn, outcomes: Sequence[Outcome], now: int) -> None:
     """Each attempt, and the delivery moved on; a delivery already sent is never changed again."""
-    states: list[tuple[int, str, int | None, int | None]] = []
-    for outcome in outcomes:
-        if outcome.ok:
-            states.append((outcome.delivery_id, SENT, None, now))
-        elif outcome.next_attempt_at is None:
-            states.append((outcome.delivery_id, DEAD, None, None))
-        else:
-            states.append((outcome.delivery_id, RETRYING, outcome.next_attempt_at, None))
+    states = [(outcome.delivery_id, *next_state(outcome, now)) for outcome in outcomes]
     attempts = [(o.delivery_id, int(o.ok), o.error) for o in outcomes]
     await conn.execute(_RECORD_ATTEMPTS, *columns(attempts, 3), now)
     await conn.execute(_RECORD_STATES, *columns(states, 4), SENT)

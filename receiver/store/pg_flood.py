@@ -15,7 +15,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from receiver.store.deliveries import PENDING, RATE_WINDOW_MS, ClaimedDelivery, Grouping, Member, NewDelivery
+from receiver.store.deliveries import (
+    PENDING,
+    RATE_WINDOW_MS,
+    ClaimedDelivery,
+    Grouping,
+    Member,
+    NewDelivery,
+    as_claimed,
+    digest_due,
+)
 from receiver.store.pg_ingest import lock_key
 
 if TYPE_CHECKING:
@@ -60,8 +69,7 @@ async def join_group(conn: Conn, delivery: NewDelivery, group: Grouping, now: in
         digest_id = await conn.fetchval(_OPEN_DIGEST, delivery.rule, delivery.target, group.key)
         if digest_id is None:
             latest = await conn.fetchval(_LATEST_WINDOW, delivery.rule, delivery.target, group.key)
-            next_window = None if latest is None else int(latest) + group.interval_ms
-            due = now + group.wait_ms if next_window is None or now >= next_window else next_window
+            due = digest_due(group, None if latest is None else int(latest), now)
             values = (delivery.status, delivery.rule, delivery.target, delivery.notify_type, PENDING, due, now)
             digest_id = await conn.fetchval(_OPEN_GROUP, *values, group.key, due, 0)
         if digest_id is not None:  # None: another replica opened the group's digest meanwhile; join that one
@@ -100,11 +108,7 @@ async def claim_due(
     members = await digest_members(conn, digests)
     if digests:
         await conn.execute("UPDATE deliveries SET sealed = 1 WHERE id = ANY($1::bigint[]) AND sealed = 0", digests)
-    claimed = []
-    for id_, target, title, body, notify_type, attempts, rule, job_id, group_key, _ in rows:
-        group = tuple(members.get(id_, ())) if job_id is None else None
-        claimed.append(ClaimedDelivery(id_, target, title, body, notify_type, attempts, rule, group, group_key))
-    return claimed
+    return as_claimed(rows, members)
 
 
 async def digest_members(conn: Conn, digest_ids: Sequence[int]) -> dict[int, list[Member]]:
