@@ -174,8 +174,9 @@ def claim_due(
     held row stays due and is taken once allowed. Claiming a digest seals it.
     """
     caps, rate_limits = caps or {}, rate_limits or {}
+    special = sorted(set(caps) | set(rate_limits))
     rows: list[Any] = []
-    for target in sorted(set(caps) | set(rate_limits)):  # first, so a backlog elsewhere cannot starve them
+    for target in special:  # first, so a backlog elsewhere cannot starve them
         budget = min(limit - len(rows), caps.get(target, limit))
         if target in rate_limits and budget > 0:
             budget = min(budget, rate_budget(conn, target, rate_limits[target], now))
@@ -184,7 +185,6 @@ def claim_due(
         if budget > 0:
             rows += conn.execute(_DUE.format(only=" AND target = ?"), (now, now, target, budget)).fetchall()
     if len(rows) < limit:
-        special = sorted(set(caps) | set(rate_limits))
         # The states are literals, not parameters: only then can SQLite use the partial index deliveries_due
         # instead of scanning every delivery ever sent. Without flood control the statement is unchanged.
         only = f" AND target NOT IN ({','.join('?' * len(special))})" if special else ""
