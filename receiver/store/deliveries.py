@@ -1,6 +1,6 @@
 """Deliveries: the outbox expanded into one row per rule x target, claimed with leases, retried, recorded.
 
-Plain functions over a sqlite3 connection, run inside the writer thread's transaction (see
+Plain functions over a sqlite3 connection, run in the writer process inside its transaction (see
 `GroupCommitWriter.call`), so each step is atomic and no SQLite call touches the event loop.
 
 Flood control (issue #9) lives here too, because its exactly-once promise rests on these transactions:

@@ -5,7 +5,8 @@ no gaps or repeats while new jobs arrive (they sort before the walk's position).
 by an index (migration 0004_history_indexes); `tests/test_api.py` checks the plans.
 
 `HistoryQueries` is mixed into `SqliteStore`: it reads through aiosqlite (`reader`) and redelivers through
-the writer thread, so the event loop never touches SQLite.
+the writer process, so the event loop never touches SQLite. `PostgresStore` mixes it in too, replacing
+`_rows` and `redeliver_notification` with its own.
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def _digest_ids(rows: Sequence[Sequence[Any]]) -> list[int]:
 
 
 def redeliver_one(conn: sqlite3.Connection, delivery_id: int, now: int) -> Json | None:
-    """On the writer thread: back to pending, due now, history kept; the NOTIFICATION as committed, or None."""
+    """In the writer process: back to pending, due now, history kept; the NOTIFICATION as committed, or None."""
     if not redeliver(conn, [delivery_id], now):
         return None
     rows = conn.execute(DELIVERY_BY_ID, (delivery_id,)).fetchall()
@@ -200,7 +201,7 @@ def redeliver_one(conn: sqlite3.Connection, delivery_id: int, now: int) -> Json 
 
 
 class HistoryQueries:
-    """The history half of `SqliteStore` (which provides `reader` and `writer`)."""
+    """The history half of `SqliteStore` (which provides `reader` and `writer`) and `PostgresStore`."""
 
     @property
     def reader(self) -> aiosqlite.Connection:

@@ -1,6 +1,7 @@
 """Poll state of the Bytescale poller: the jobs it follows per account, so a restart resumes where it was.
 
-Every function here runs on the writer thread (through `GroupCommitWriter.call`) inside its transaction.
+Every function here runs in the writer process (through `GroupCommitWriter.call`) inside its transaction;
+the PostgreSQL store shares the statements (`receiver.store.pg_deliveries`).
 """
 
 from __future__ import annotations
