@@ -317,7 +317,7 @@ class GroupCommitWriter(Generic[Row, Result]):
         self._flush_scheduled = False
         self._in_flight: deque[list[_Waiting]] = deque()  # per frame sent, per op
         self._process: multiprocessing.process.BaseProcess | None = None
-        self._transport: asyncio.BaseTransport | None = None
+        self._transport: asyncio.Transport | None = None
         self._starting: asyncio.Task[None] | None = None
         self._stopping = False
         self._gone: asyncio.Future[None] | None = None
@@ -355,7 +355,7 @@ class GroupCommitWriter(Generic[Row, Result]):
         self._flush()
         transport, gone = self._transport, self._gone
         if transport is not None and gone is not None:
-            transport.write(_frame(_STOP))  # type: ignore[attr-defined]
+            transport.write(_frame(_STOP))
             await gone
         if self._process is not None:
             await asyncio.to_thread(self._process.join)
@@ -434,7 +434,7 @@ class GroupCommitWriter(Generic[Row, Result]):
         except Exception as exc:  # something unpicklable was passed: a bug, not an outage
             _fail(waiting, CallFailed(f"cannot send to the store writer: {exc}"))
             return
-        transport.write(frame)  # type: ignore[attr-defined]
+        transport.write(frame)
         self._in_flight.append(waiting)
 
     # --- answers ---------------------------------------------------------------------------
