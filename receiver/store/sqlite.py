@@ -28,7 +28,7 @@ from receiver.store.polling import TrackedJob
 from receiver.store.retention import Pruned, prune
 from receiver.store.schema import MIGRATIONS, Migration
 from receiver.store.transitions import Position
-from receiver.store.writer import GroupCommitWriter, StoreUnavailable
+from receiver.store.writer import GroupCommitWriter
 from receiver.tally import BATCH_SIZE_BUCKETS, COMMIT_SECONDS_BUCKETS, Histogram
 
 log = logging.getLogger("jobhook.store")
@@ -65,6 +65,7 @@ _OUTBOX_STATS = """
 SELECT (SELECT count(*) FROM outbox WHERE processed_at IS NULL),
        (SELECT created_at FROM outbox WHERE processed_at IS NULL ORDER BY id LIMIT 1)
 """
+_NEXT_DUE = "SELECT min(next_attempt_at) FROM deliveries WHERE state IN ('pending', 'retrying')"
 _DELIVERY_STATES = """
 SELECT state, count(*) FROM deliveries WHERE state IN ('pending', 'retrying', 'dead') GROUP BY state
 """
@@ -246,16 +247,12 @@ class SqliteStore(HistoryQueries):
 
     # --- outbox ----------------------------------------------------------------------------
     async def unprocessed_outbox(self, limit: int = 100) -> list[OutboxItem]:
-        try:
-            cursor = await self.reader.execute(
-                """SELECT o.id, o.job_id, o.status, o.previous_status, e.body
-                   FROM outbox o JOIN events e ON e.id = o.event_id
-                   WHERE o.processed_at IS NULL ORDER BY o.id LIMIT ?""",
-                (limit,),
-            )
-            rows = await cursor.fetchall()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        rows = await self._rows(
+            """SELECT o.id, o.job_id, o.status, o.previous_status, e.body
+               FROM outbox o JOIN events e ON e.id = o.event_id
+               WHERE o.processed_at IS NULL ORDER BY o.id LIMIT ?""",
+            (limit,),
+        )
         return [OutboxItem(*row) for row in rows]
 
     async def outbox_stats(self) -> OutboxStats:
@@ -264,13 +261,8 @@ class SqliteStore(HistoryQueries):
         Index-only but for one row: the count walks the partial index `outbox_unprocessed`, the oldest is its
         first entry (ids grow in commit order), and the delivery states count `deliveries_state`.
         """
-        try:
-            cursor = await self.reader.execute(_OUTBOX_STATS)
-            depth, oldest = await cursor.fetchone() or (0, None)
-            cursor = await self.reader.execute(_DELIVERY_STATES)
-            states = {state: count for state, count in await cursor.fetchall()}
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        [(depth, oldest)] = await self._rows(_OUTBOX_STATS, ())
+        states = {state: count for state, count in await self._rows(_DELIVERY_STATES, ())}
         return OutboxStats(depth, oldest, states)
 
     async def expand_outbox(self, outbox_ids: Sequence[int], planned: Sequence[NewDelivery], now: int) -> int:
@@ -299,14 +291,8 @@ class SqliteStore(HistoryQueries):
         return await self.writer.call(deliveries.redeliver_dead, now)
 
     async def next_due(self) -> int | None:
-        try:
-            cursor = await self.reader.execute(
-                "SELECT min(next_attempt_at) FROM deliveries WHERE state IN ('pending', 'retrying')"
-            )
-            row = await cursor.fetchone()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        return int(row[0]) if row and row[0] is not None else None
+        [(due,)] = await self._rows(_NEXT_DUE, ())
+        return int(due) if due is not None else None
 
     # --- retention and export -----------------------------------------------------------------------
     async def prune_history(self, cutoff: int) -> Pruned:
@@ -320,11 +306,7 @@ class SqliteStore(HistoryQueries):
         sql = f"SELECT {EXPORT_COLUMNS}, id FROM events WHERE id > ?{condition} ORDER BY id LIMIT ?"
         while True:
             params = (after, chunk) if since is None else (after, since, chunk)
-            try:
-                cursor = await self.reader.execute(sql, params)
-                rows = list(await cursor.fetchall())
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(str(exc)) from exc
+            rows = await self._rows(sql, params)
             if not rows:
                 return
             after = rows[-1][-1]
@@ -349,12 +331,7 @@ class SqliteStore(HistoryQueries):
 
     async def tracked_jobs(self, account_id: str) -> list[TrackedJob]:
         """The jobs of this account followed and not yet seen terminal, oldest registration first."""
-        try:
-            cursor = await self.reader.execute(polling.OPEN_JOBS, (account_id,))
-            rows = await cursor.fetchall()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        return [TrackedJob(*row) for row in rows]
+        return [TrackedJob(*row) for row in await self._rows(polling.OPEN_JOBS, (account_id,))]
 
 
 def _beat(conn: sqlite3.Connection, now: int) -> None:
