@@ -29,7 +29,7 @@ from receiver.store.pg_sql import numbered
 from receiver.store.polling import OPEN_JOBS, TrackedJob
 from receiver.store.retention import Pruned, prune
 from receiver.store.schema import Migration
-from receiver.store.sqlite import EXPORT_COLUMNS
+from receiver.store.sqlite import BEAT, DELIVERY_STATES, EXPORT_COLUMNS, NEXT_DUE, UNPROCESSED_OUTBOX
 from receiver.store.writer import StoreUnavailable
 from receiver.tally import BATCH_SIZE_BUCKETS, COMMIT_SECONDS_BUCKETS, Histogram
 
@@ -81,15 +81,6 @@ async def apply_migrations(conn: Conn, migrations: Sequence[Migration] = MIGRATI
 
 
 _OUTBOX_STATS = "SELECT count(*), min(created_at) FROM outbox WHERE processed_at IS NULL"
-_DELIVERY_STATES = """
-SELECT state, count(*) FROM deliveries WHERE state IN ('pending', 'retrying', 'dead') GROUP BY state
-"""
-_UNPROCESSED_OUTBOX = """
-SELECT o.id, o.job_id, o.status, o.previous_status, e.body FROM outbox o JOIN events e ON e.id = o.event_id
-WHERE o.processed_at IS NULL ORDER BY o.id LIMIT $1
-"""
-_BEAT = "INSERT INTO heartbeat (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = excluded.at"
-_NEXT_DUE = "SELECT min(next_attempt_at) FROM deliveries WHERE state IN ('pending', 'retrying')"
 
 
 async def _in_transaction(pool: asyncpg.Pool, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
@@ -99,7 +90,7 @@ async def _in_transaction(pool: asyncpg.Pool, fn: Callable[..., Awaitable[T]], a
 
 async def _outbox_stats(conn: Conn) -> OutboxStats:
     depth, oldest = tuple(await conn.fetchrow(_OUTBOX_STATS) or (0, None))
-    states = {state: count for state, count in await conn.fetch(_DELIVERY_STATES)}
+    states = {state: count for state, count in await conn.fetch(DELIVERY_STATES)}
     return OutboxStats(depth, oldest, states)
 
 
@@ -211,11 +202,11 @@ class PostgresStore(HistoryQueries):
         return self._ingest.submit(row)
 
     async def check_writable(self) -> None:
-        await self.call(pg_deliveries.execute, _BEAT, now_ms())
+        await self.call(pg_deliveries.execute, numbered(BEAT), now_ms())
 
     # --- outbox and deliveries (receiver.store.pg_deliveries) -----------------------------------
     async def unprocessed_outbox(self, limit: int = 100) -> list[OutboxItem]:
-        return [OutboxItem(*row) for row in await self.call(pg_deliveries.fetch, _UNPROCESSED_OUTBOX, limit)]
+        return [OutboxItem(*row) for row in await self._rows(UNPROCESSED_OUTBOX, (limit,))]
 
     async def outbox_stats(self) -> OutboxStats:
         return await self.call(_outbox_stats)
@@ -243,7 +234,7 @@ class PostgresStore(HistoryQueries):
         return await self.call(pg_deliveries.redeliver_dead, now)
 
     async def next_due(self) -> int | None:
-        [(due,)] = await self.call(pg_deliveries.fetch, _NEXT_DUE)
+        [(due,)] = await self._rows(NEXT_DUE, ())
         return int(due) if due is not None else None
 
     # --- history (queries shared with SQLite, see receiver.store.history) ---------------------

@@ -55,19 +55,25 @@ ON CONFLICT (job_id) DO UPDATE SET
     job_type = excluded.job_type, created = excluded.created, attempts = excluded.attempts,
     error_code = excluded.error_code, error_message = excluded.error_message, event_id = excluded.event_id
 """
-EXPORT_COLUMNS = (
-    "job_id, account_id, job_type, status, created, last_updated, attempts, error_code, error_message, received_at"
-)
 _INSERT_OUTBOX = """
 INSERT INTO outbox (event_id, job_id, status, previous_status, created_at) VALUES {values}
 """
+# Shared with the PostgreSQL store, which numbers the placeholders (`pg_sql.numbered`): EXPORT_COLUMNS to BEAT.
+EXPORT_COLUMNS = (
+    "job_id, account_id, job_type, status, created, last_updated, attempts, error_code, error_message, received_at"
+)
+UNPROCESSED_OUTBOX = """
+SELECT o.id, o.job_id, o.status, o.previous_status, e.body FROM outbox o JOIN events e ON e.id = o.event_id
+WHERE o.processed_at IS NULL ORDER BY o.id LIMIT ?
+"""
+NEXT_DUE = "SELECT min(next_attempt_at) FROM deliveries WHERE state IN ('pending', 'retrying')"
+DELIVERY_STATES = """
+SELECT state, count(*) FROM deliveries WHERE state IN ('pending', 'retrying', 'dead') GROUP BY state
+"""
+BEAT = "INSERT INTO heartbeat (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at"
 _OUTBOX_STATS = """
 SELECT (SELECT count(*) FROM outbox WHERE processed_at IS NULL),
        (SELECT created_at FROM outbox WHERE processed_at IS NULL ORDER BY id LIMIT 1)
-"""
-_NEXT_DUE = "SELECT min(next_attempt_at) FROM deliveries WHERE state IN ('pending', 'retrying')"
-_DELIVERY_STATES = """
-SELECT state, count(*) FROM deliveries WHERE state IN ('pending', 'retrying', 'dead') GROUP BY state
 """
 
 
@@ -247,13 +253,7 @@ class SqliteStore(HistoryQueries):
 
     # --- outbox ----------------------------------------------------------------------------
     async def unprocessed_outbox(self, limit: int = 100) -> list[OutboxItem]:
-        rows = await self._rows(
-            """SELECT o.id, o.job_id, o.status, o.previous_status, e.body
-               FROM outbox o JOIN events e ON e.id = o.event_id
-               WHERE o.processed_at IS NULL ORDER BY o.id LIMIT ?""",
-            (limit,),
-        )
-        return [OutboxItem(*row) for row in rows]
+        return [OutboxItem(*row) for row in await self._rows(UNPROCESSED_OUTBOX, (limit,))]
 
     async def outbox_stats(self) -> OutboxStats:
         """Unprocessed outbox rows, when the oldest was queued, and deliveries pending/retrying/dead (for /metrics).
@@ -262,7 +262,7 @@ class SqliteStore(HistoryQueries):
         first entry (ids grow in commit order), and the delivery states count `deliveries_state`.
         """
         [(depth, oldest)] = await self._rows(_OUTBOX_STATS, ())
-        states = {state: count for state, count in await self._rows(_DELIVERY_STATES, ())}
+        states = {state: count for state, count in await self._rows(DELIVERY_STATES, ())}
         return OutboxStats(depth, oldest, states)
 
     async def expand_outbox(self, outbox_ids: Sequence[int], planned: Sequence[NewDelivery], now: int) -> int:
@@ -291,7 +291,7 @@ class SqliteStore(HistoryQueries):
         return await self.writer.call(deliveries.redeliver_dead, now)
 
     async def next_due(self) -> int | None:
-        [(due,)] = await self._rows(_NEXT_DUE, ())
+        [(due,)] = await self._rows(NEXT_DUE, ())
         return int(due) if due is not None else None
 
     # --- retention and export -----------------------------------------------------------------------
@@ -335,7 +335,7 @@ class SqliteStore(HistoryQueries):
 
 
 def _beat(conn: sqlite3.Connection, now: int) -> None:
-    conn.execute("INSERT INTO heartbeat (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at", (now,))
+    conn.execute(BEAT, (now,))
 
 
 def _fsync_path(path: Path) -> None:
