@@ -19,7 +19,7 @@ from receiver.store.history import DELIVERY_BY_ID, Json, attempts_query, members
 from receiver.store.pg_flood import join_group
 from receiver.store.pg_ingest import columns
 from receiver.store.pg_sql import affected, numbered
-from receiver.store.polling import OBSERVE, TrackedJob
+from receiver.store.polling import OBSERVE, WATCH, TrackedJob
 
 if TYPE_CHECKING:
     from receiver.store.pg_sql import Conn
@@ -44,9 +44,6 @@ WHERE d.id = u.id AND d.state != $5
 """
 _REDELIVER = "UPDATE deliveries SET state = $1, next_attempt_at = $2, lease_until = NULL WHERE id = ANY($3::bigint[])"
 _REDELIVER_DEAD = "UPDATE deliveries SET state = $1, next_attempt_at = $2, lease_until = NULL WHERE state = $3"
-_WATCH = """
-INSERT INTO poll_jobs (account_id, job_id, job_type, added_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING
-"""
 
 
 async def fetch(conn: Conn, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -103,4 +100,4 @@ async def observe(conn: Conn, jobs: Sequence[TrackedJob], now: int) -> None:
 
 
 async def watch(conn: Conn, account_id: str, job_type: str, job_id: str, now: int) -> bool:
-    return affected(await conn.execute(_WATCH, account_id, job_id, job_type, now)) == 1
+    return affected(await conn.execute(numbered(WATCH), account_id, job_id, job_type, now)) == 1

@@ -34,6 +34,8 @@ ON CONFLICT (account_id, job_id) DO UPDATE SET
 WHERE poll_jobs.done_at IS NULL AND excluded.last_updated >= coalesce(poll_jobs.last_updated, -1)
 """
 
+WATCH = "INSERT INTO poll_jobs (account_id, job_id, job_type, added_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+FORGET = "DELETE FROM poll_jobs WHERE account_id = ? AND job_id = ?"
 OPEN_JOBS = """
 SELECT account_id, job_id, job_type, last_seen_status, last_updated, done_at
 FROM poll_jobs WHERE account_id = ? AND done_at IS NULL ORDER BY added_at, job_id
@@ -50,13 +52,8 @@ def observe(conn: sqlite3.Connection, jobs: Sequence[TrackedJob], now: int) -> N
 
 def watch(conn: sqlite3.Connection, account_id: str, job_type: str, job_id: str, now: int) -> bool:
     """Start following a job; False when it is already known (followed, or already done)."""
-    cursor = conn.execute(
-        "INSERT INTO poll_jobs (account_id, job_id, job_type, added_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        (account_id, job_id, job_type, now),
-    )
-    return cursor.rowcount == 1
+    return conn.execute(WATCH, (account_id, job_id, job_type, now)).rowcount == 1
 
 
 def forget(conn: sqlite3.Connection, account_id: str, job_id: str) -> bool:
-    cursor = conn.execute("DELETE FROM poll_jobs WHERE account_id = ? AND job_id = ?", (account_id, job_id))
-    return cursor.rowcount == 1
+    return conn.execute(FORGET, (account_id, job_id)).rowcount == 1

@@ -26,7 +26,7 @@ from receiver.store.history import HistoryQueries, Json
 from receiver.store.pg_ingest import DB_ERRORS, IngestThread
 from receiver.store.pg_schema import MIGRATIONS
 from receiver.store.pg_sql import numbered
-from receiver.store.polling import OPEN_JOBS, TrackedJob
+from receiver.store.polling import FORGET, OPEN_JOBS, TrackedJob
 from receiver.store.retention import Pruned, prune
 from receiver.store.schema import Migration
 from receiver.store.sqlite import BEAT, DELIVERY_STATES, EXPORT_COLUMNS, NEXT_DUE, UNPROCESSED_OUTBOX
@@ -272,8 +272,7 @@ class PostgresStore(HistoryQueries):
         return await self.call(pg_deliveries.watch, account_id, job_type, job_id, now_ms())
 
     async def forget_job(self, account_id: str, job_id: str) -> bool:
-        sql = "DELETE FROM poll_jobs WHERE account_id = $1 AND job_id = $2"
-        return await self.call(pg_deliveries.execute, sql, account_id, job_id) == 1
+        return await self.call(pg_deliveries.execute, numbered(FORGET), account_id, job_id) == 1
 
     async def tracked_jobs(self, account_id: str) -> list[TrackedJob]:
         return [TrackedJob(*row) for row in await self.call(pg_deliveries.fetch, numbered(OPEN_JOBS), account_id)]
