@@ -114,8 +114,9 @@ async def test_jobs_are_discovered_and_each_terminal_transition_is_notified_once
 
 async def test_restart_resumes_unfinished_jobs_without_renotifying(make_client: MakeClient, db: Any) -> None:
     async with BytescaleFake() as fake, JsonSink() as sink:
-        slow_a = fake.start_job("Failed", step=0.4)
-        slow_b = fake.start_job("Succeeded", step=0.4)
+        # Slow enough to still be in flight at the shutdown on a loaded machine (terminal after 3 steps).
+        slow_a = fake.start_job("Failed", step=1.5)
+        slow_b = fake.start_job("Succeeded", step=1.5)
         fast = fake.start_job("Failed", step=0.01)
         sections = {"sources": {"bytescale": fake.source()}, **notify(sink)}
         first = await make_client(**sections)
