@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -58,6 +60,18 @@ def start(
             env=env,
             preexec_fn=preexec,
         )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, as a service manager stops it; its exit status once it has drained (a no-op if it already ended)."""
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=30)
+
+
+def stored_job_ids(db: Path) -> set[str]:
+    """The jobIds with an event in the SQLite file `db`, read as an outside reader (after a kill, say)."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return {job_id for (job_id,) in conn.execute("SELECT job_id FROM events")}
 
 
 def process_tree(pid: int) -> list[int]:

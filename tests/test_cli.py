@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -83,12 +82,10 @@ def test_serve_acknowledges_durably_and_stops_cleanly_on_sigterm(tmp_path: Path)
         running = job(status="Running")
         assert post(port, running)[0] == 202
         wait_until_delivered(tmp_path / "data" / "jobhook.db")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert serve.stop(proc) == 0
     finally:
         proc.kill()
-    with sqlite3.connect(tmp_path / "data" / "jobhook.db") as conn:
-        stored = {row[0] for row in conn.execute("SELECT job_id FROM events")}
+    stored = serve.stored_job_ids(tmp_path / "data" / "jobhook.db")
     assert stored == {SEED_EXAMPLE["jobId"], running["jobId"]}
     text = log.read_text()
     assert "auth.mode none" in text

@@ -75,9 +75,7 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> N
         await posting
         acked_at_kill = dict(acked)
 
-        db = tmp_path / "data" / "jobhook.db"
-        with sqlite3.connect(db) as conn:
-            stored = {row[0] for row in conn.execute("SELECT job_id FROM events")}
+        stored = serve.stored_job_ids(tmp_path / "data" / "jobhook.db")
         lost = set(acked_at_kill) - stored
         assert not lost, f"{len(lost)} acknowledged events lost"
 
@@ -99,8 +97,7 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> N
             )
             assert duplicates <= 8  # only sends in flight at the kill (delivery.concurrency) may repeat
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+            serve.stop(proc)
 
 
 CONCURRENCY = 8
@@ -141,8 +138,7 @@ async def test_kill_9_while_the_worker_delivers_to_a_slow_sink(tmp_path: Path) -
         failed = {job_id for job_id, status in acked_at_kill.items() if status == "Failed"}
         assert len(failed) > received_before_kill  # a backlog was waiting at the kill
 
-        with sqlite3.connect(tmp_path / "data" / "jobhook.db") as conn:
-            stored = {row[0] for row in conn.execute("SELECT job_id FROM events")}
+        stored = serve.stored_job_ids(tmp_path / "data" / "jobhook.db")
         assert not set(acked_at_kill) - stored, "acknowledged events lost"
 
         sink.delay = 0.0
@@ -166,5 +162,4 @@ async def test_kill_9_while_the_worker_delivers_to_a_slow_sink(tmp_path: Path) -
             # nothing that was never stored is.
             assert {t.split()[2] for t in titles} <= stored
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+            serve.stop(proc)

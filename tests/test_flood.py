@@ -384,8 +384,7 @@ async def test_restart_in_the_middle_of_a_group_window_loses_nothing(
             assert counted(request) == 12
             assert listed_ids(request) == {p["jobId"] for p in payloads}
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+            serve.stop(proc)
 
 
 # --- the store's claim, step by step on a fixed clock -------------------------------------------------------

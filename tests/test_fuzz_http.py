@@ -12,7 +12,6 @@ Example counts are sized so the whole suite stays quick on 2 shared cores; every
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -190,8 +189,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         serve.wait_healthy(port, proc)
         yield port
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        serve.stop(proc)
         output = log.read_text()
         assert "Traceback" not in output, output[-3000:]
 
@@ -389,8 +387,7 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
         print(*(line.strip() for line in run.stdout.splitlines() if "generated" in line))  # shown by pytest -rP
         serve.wait_healthy(port, proc)  # still serving
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        serve.stop(proc)
     assert "Traceback" not in log.read_text()
 
 

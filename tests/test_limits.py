@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -27,8 +26,7 @@ def server(tmp_path: Path) -> Iterator[int]:
         serve.wait_healthy(port, proc)
         yield port
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        serve.stop(proc)
 
 
 def connect(port: int) -> socket.socket:

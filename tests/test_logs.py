@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import signal
-import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -215,12 +213,7 @@ def test_serve_writes_json_lines_with_request_ids(tmp_path: Path) -> None:
     port = serve.free_port()
     config = serve.write_config(tmp_path, port)
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "receiver", "serve", "--config", str(config), "--log-format", "json"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = serve.start(config, log, "--log-format", "json")
     payload = job(status="Cancelled")
     try:
         serve.wait_healthy(port, proc)
@@ -228,8 +221,7 @@ def test_serve_writes_json_lines_with_request_ids(tmp_path: Path) -> None:
         request = urllib.request.Request(f"http://127.0.0.1:{port}{URL}", body(payload), headers)
         with urllib.request.urlopen(request, timeout=10) as resp:
             assert resp.status == 202 and resp.headers["X-Request-Id"] == "from-the-proxy-1"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert serve.stop(proc) == 0
     finally:
         proc.kill()
     lines: list[dict[str, Any]] = [json.loads(line) for line in log.read_text().splitlines()]  # every line is JSON

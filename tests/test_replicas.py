@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -64,12 +63,6 @@ async def post_all(posts: list[tuple[dict[str, Any], int]]) -> list[int]:
         return list(await asyncio.gather(*(one(session, payload, port) for payload, port in posts)))
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-
-
 async def test_two_replicas_split_duplicates_and_take_over_a_killed_replicas_sends(
     tmp_path: Path, database_url: str, db: Any
 ) -> None:
@@ -120,7 +113,7 @@ async def test_two_replicas_split_duplicates_and_take_over_a_killed_replicas_sen
             await wait_until(lambda: unsent() == [(0,)], within=30)
         finally:
             for proc in procs.values():
-                stop(proc)
+                serve.stop(proc)
 
     titles = Counter(r.json()["title"] for r in sink.requests)
     # Every terminal transition stored is notified (the acknowledged ones and any A stored as it died), nothing else.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -64,14 +63,7 @@ def test_planted_secrets_appear_nowhere(tmp_path: Path, log_format: str) -> None
     config.write_text(CONFIG.format(port=port, db=db, down=down, literal=LITERAL))
     env = {**os.environ, **SECRETS, "PYTHONPATH": str(Path(__file__).parent.parent)}
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        command = [sys.executable, "-m", "receiver", "--log-level", "DEBUG", "serve", "--config", str(config)]
-        proc = subprocess.Popen(
-            [*command, "--log-format", log_format],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    proc = serve.start(config, log, "--log-level", "DEBUG", "--log-format", log_format, env=env)
     seen: list[str] = []
     try:
         serve.wait_healthy(port, proc)
@@ -100,8 +92,7 @@ def test_planted_secrets_appear_nowhere(tmp_path: Path, log_format: str) -> None
             time.sleep(0.1)
         else:
             raise AssertionError("the delivery was not dead-lettered")
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        serve.stop(proc)
     finally:
         proc.kill()
     assert seen[0].startswith("202") and seen[1].startswith("200")

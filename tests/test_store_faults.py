@@ -17,9 +17,6 @@ import ctypes
 import json
 import os
 import resource
-import signal
-import sqlite3
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -45,11 +42,6 @@ def _without_dac_override() -> None:
     for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
         if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
 
 
 class Poster:
@@ -100,11 +92,6 @@ async def ready(port: int) -> int:
         return resp.status
 
 
-def stored_job_ids(db: Path) -> set[str]:
-    with sqlite3.connect(db) as conn:
-        return {job_id for (job_id,) in conn.execute("SELECT job_id FROM events")}
-
-
 def jobs(count: int) -> list[dict[str, Any]]:
     return [
         job(status="Failed", error={"code": "x", "message": "m"}) if i % 3 == 0 else job(status="Running")
@@ -138,8 +125,8 @@ async def test_disk_full_answers_503_then_recovers_by_itself(tmp_path: Path) -> 
             after = jobs(20)
             assert all(s == 202 for s, _, _ in await asyncio.gather(*(client.post(j) for j in after)))
     finally:
-        stop(proc)
-    stored = stored_job_ids(tmp_path / "data" / "jobhook.db")
+        serve.stop(proc)
+    stored = serve.stored_job_ids(tmp_path / "data" / "jobhook.db")
     assert client.acked == {j["jobId"] for j in before + during + after}
     assert client.acked <= stored, f"{len(client.acked - stored)} acknowledged events lost"
 
@@ -162,7 +149,7 @@ async def test_read_only_database_answers_503_then_recovers_by_itself(tmp_path: 
         async with poster(port) as client:
             before = jobs(30)
             assert all(s == 202 for s, _, _ in await asyncio.gather(*(client.post(j) for j in before)))
-        stop(proc)
+        serve.stop(proc)
 
         set_writable(data, False)  # the database file, its WAL files and their folder
         proc = serve.start(config, log, preexec=_without_dac_override)
@@ -178,10 +165,10 @@ async def test_read_only_database_answers_503_then_recovers_by_itself(tmp_path: 
             assert await ready(port) == 200
     finally:
         set_writable(data, True)
-        stop(proc)
+        serve.stop(proc)
     assert "Traceback" not in log.read_text()
     assert client.acked == {j["jobId"] for j in before + during}
-    assert client.acked <= stored_job_ids(data / "jobhook.db")
+    assert client.acked <= serve.stored_job_ids(data / "jobhook.db")
 
 
 @pytest.mark.slow
@@ -203,6 +190,6 @@ async def test_lock_held_by_another_process_answers_503_then_recovers(tmp_path: 
             await client.retried_until_accepted(during)
             assert await ready(port) == 200
     finally:
-        stop(proc)
+        serve.stop(proc)
     assert client.acked == {j["jobId"] for j in before + during}
-    assert client.acked <= stored_job_ids(tmp_path / "data" / "jobhook.db")
+    assert client.acked <= serve.stored_job_ids(tmp_path / "data" / "jobhook.db")
