@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from receiver.app import SERVER_OPTIONS, create_app, create_store
+from receiver.app import create_store
 from receiver.models import TERMINAL
 from receiver.store import EventRow, Ingested, StoreUnavailable
 from receiver.store.deliveries import Grouping, NewDelivery
@@ -260,13 +260,13 @@ async def test_grouped_transitions_join_one_digest_at_a_time_across_replicas(
 
 
 async def test_the_database_password_reaches_no_log_line_and_no_cli_message(
-    database_url: str, aiohttp_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    make_client: MakeClient, database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The test cluster trusts loopback connections, so any password is accepted and merely carried along.
     secret = "Db-s3cret-Passw0rd"
     url = database_url.replace("postgresql://postgres@", f"postgresql://postgres:{secret}@")
     caplog.set_level(logging.DEBUG)
-    client = await aiohttp_client(create_app(make_settings(url)), server_kwargs=SERVER_OPTIONS)
+    client = await make_client(database={"url": url})
     assert (await post(client, job(status="Failed", error={"code": "x", "message": "m"})))[0] == 202
     assert (await client.get("/readyz")).status == 200
     await client.close()
