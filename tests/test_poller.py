@@ -6,7 +6,6 @@ import asyncio
 import email.utils
 import logging
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from receiver.validation import field_problems
 from tests.bytescale_fake import ACCOUNT, BytescaleFake
 from tests.conftest import MakeClient, open_store
 from tests.peers import JsonSink, wait_until
+from tests.test_cli import jobhook
 from tests.test_delivery import settled
 
 pytestmark = pytest.mark.stores("sqlite", "postgres")
@@ -305,26 +305,19 @@ def test_cli_watch_records_the_job_for_the_next_poll(tmp_path: Path, database_ur
         f"sources:\n  bytescale:\n    account_id: {ACCOUNT}\n    api_key: secret_CliKey1234567890\n"
     )
 
-    def jobhook(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "receiver", args[0], "--config", str(config), *args[1:]],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=tmp_path,
-            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parent.parent)},
-        )
+    def watch(*args: str) -> subprocess.CompletedProcess[str]:
+        return jobhook("watch", "--config", str(config), *args, cwd=tmp_path)
 
     job_id = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
-    done = jobhook("watch", ACCOUNT, "DeleteFolderBatchJob", job_id)
+    done = watch(ACCOUNT, "DeleteFolderBatchJob", job_id)
     assert done.returncode == 0, done.stderr
     assert "watching" in done.stdout
     rows = db("SELECT account_id, job_type, job_id, done_at FROM poll_jobs")
     assert rows == [(ACCOUNT, "DeleteFolderBatchJob", job_id, None)]
-    assert jobhook("watch", ACCOUNT, "DeleteFolderBatchJob", job_id).stdout.startswith("already known")
-    unknown = jobhook("watch", OTHER_ACCOUNT, "DeleteFolderBatchJob", job_id)
+    assert watch(ACCOUNT, "DeleteFolderBatchJob", job_id).stdout.startswith("already known")
+    unknown = watch(OTHER_ACCOUNT, "DeleteFolderBatchJob", job_id)
     assert unknown.returncode == 2 and OTHER_ACCOUNT in unknown.stderr
-    invalid = jobhook("watch", ACCOUNT, "Nope", "short")
+    invalid = watch(ACCOUNT, "Nope", "short")
     assert invalid.returncode == 2 and "jobType" in invalid.stderr and "jobId" in invalid.stderr
 
 
