@@ -30,6 +30,7 @@ from tests import serve
 from tests.conftest import AppClient, MakeClient, make_settings
 from tests.jobs import job
 from tests.peers import JsonSink, Recorded, wait_until
+from tests.test_api import walk
 from tests.test_cli import jobhook
 from tests.test_intake import post
 
@@ -51,18 +52,6 @@ async def post_all(client: AppClient, payloads: list[dict[str, Any]], concurrenc
             assert (await post(client, payload))[0] == 202
 
     await asyncio.gather(*(one(p) for p in payloads))
-
-
-async def notifications(client: AppClient, **query: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        params = {**query, "limit": "1000", **({"cursor": cursor} if cursor else {})}
-        page = await (await client.get("/api/notifications", params=params)).json()
-        items += page["items"]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return items
 
 
 def counted(request: Recorded) -> int:
@@ -193,7 +182,7 @@ async def test_a_burst_of_300_failed_jobs_arrives_as_a_few_digests_covering_each
         await asyncio.sleep(0.3)
         assert 2 <= len(sink.requests) <= 10  # a handful: at least one per group
         assert sum(counted(r) for r in sink.requests) == 300
-        sent = await notifications(client)
+        sent = await walk(client, "/api/notifications", limit=1000)
         assert all(n["jobId"] is None and n["state"] == "sent" for n in sent)
         members = [job_id for n in sent for job_id in n["jobIds"]]
         assert sorted(members) == sorted(p["jobId"] for p in payloads)  # every transition in exactly one digest
@@ -264,7 +253,7 @@ async def test_rate_limited_target_never_exceeds_its_limit_and_merges_what_piles
             in_window = [t for t in arrivals[i:] if t < start + 60_000]
             assert len(in_window) <= limit, (i, arrivals)
         assert sum(counted(r) for r in sink.requests) == 30
-        sent = await notifications(client)
+        sent = await walk(client, "/api/notifications", limit=1000)
         covered = [n["jobId"] for n in sent if n["jobId"]] + [
             j for n in sent if n["jobId"] is None for j in n["jobIds"]
         ]
