@@ -18,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from receiver.app import SERVER_OPTIONS, create_app, create_store
+from receiver.durations import now_ms
 from receiver.serving import install_connection_hooks
 from receiver.settings import Settings
 from receiver.store import Store
@@ -79,9 +80,10 @@ def database_url(store_kind: str, db_path: Path, request: pytest.FixtureRequest)
 def make_client(database_url: str, aiohttp_client: Any) -> MakeClient:
     # database_url first: set up before the app and torn down after it (a database dropped under a running
     # app would fail its shutdown).
-    async def make(**sections: Any) -> AppClient:
+    async def make(*, clock: Callable[[], int] = now_ms, **sections: Any) -> AppClient:
+        """`sections`: settings beyond the defaults; `clock`: the delivery worker's (create_app's `clock`)."""
         settings = make_settings(database_url, **sections)
-        client: AppClient = await aiohttp_client(create_app(settings), server_kwargs=SERVER_OPTIONS)
+        client: AppClient = await aiohttp_client(create_app(settings, clock=clock), server_kwargs=SERVER_OPTIONS)
         assert client.server.runner is not None and client.server.runner.server is not None
         # As `jobhook serve` does: aiohttp's own error answers in the envelope, the connection cap.
         install_connection_hooks(client.server.runner.server, settings.server.max_connections)

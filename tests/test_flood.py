@@ -18,7 +18,6 @@ import pytest
 
 from notifiers.breaker import CircuitBreaker, CircuitState
 from notifiers.digest import digest_body, digest_title, render_digest
-from receiver.app import SERVER_OPTIONS, create_app
 from receiver.durations import now_ms
 from receiver.keys import STORE, WORKER
 from receiver.settings import ConfigError, parse_settings
@@ -27,7 +26,7 @@ from receiver.store.deliveries import Grouping, Member, NewDelivery
 from receiver.store.schema import MIGRATIONS
 from receiver.store.sqlite import apply_migrations
 from tests import serve
-from tests.conftest import AppClient, MakeClient, make_settings
+from tests.conftest import AppClient, MakeClient
 from tests.jobs import job
 from tests.peers import JsonSink, Recorded, wait_until
 from tests.test_api import walk
@@ -228,19 +227,16 @@ def fast_clock(speed: float) -> tuple[Callable[[], int], Callable[[float], int]]
     return (lambda: at(time.monotonic())), at
 
 
-async def test_rate_limited_target_never_exceeds_its_limit_and_merges_what_piles_up(
-    database_url: str, aiohttp_client: Any, db: Any
-) -> None:
+async def test_rate_limited_target_never_exceeds_its_limit_and_merges_what_piles_up(make_client: MakeClient) -> None:
     speed, limit = 30.0, 3  # a minute passes in 2 s
     clock, on_clock = fast_clock(speed)
     async with JsonSink() as sink:
-        settings = make_settings(
-            database_url,
+        client = await make_client(
             targets={"hook": {"urls": sink.url(), "rate_limit": limit}},
             rules=[{"name": "failed", "match": {"status": "Failed"}, "notify": "hook"}],
             delivery={**FAST_RETRY, "lease": "24h"},
+            clock=clock,
         )
-        client: AppClient = await aiohttp_client(create_app(settings, clock=clock), server_kwargs=SERVER_OPTIONS)
         payloads = [failed() for _ in range(30)]
         for payload in payloads:  # one every 3 s of the worker's clock, over a minute and a half
             await post(client, payload)
