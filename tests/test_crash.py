@@ -27,6 +27,21 @@ def all_sent(directory: Path) -> bool:
     return bool(unsent == 0)
 
 
+def failed_to(sink: JsonSink, tmp_path: Path, port: int, delivery: str) -> Path:
+    """A server config sending every Failed transition to `sink`; `delivery`: the keys of its delivery mapping."""
+    rules = "rules: [{name: failed, match: {status: Failed}, notify: hook}]\n"
+    return serve.write_config(tmp_path, port, f"targets: {{hook: '{sink.url()}'}}\n{rules}delivery: {{{delivery}}}\n")
+
+
+def titles(sink: JsonSink) -> list[str]:
+    return [request.json()["title"] for request in sink.requests]
+
+
+def notified(sink: JsonSink) -> set[str]:
+    """The jobIds the sink was told about (a title reads "Failed: <jobType> <jobId>")."""
+    return {title.split()[2] for title in titles(sink)}
+
+
 async def load(port: int, acked: dict[str, str], stop: asyncio.Event, clients: int = 16) -> None:
     async def client(session: aiohttp.ClientSession, n: int) -> None:
         i = 0
@@ -52,16 +67,8 @@ async def load(port: int, acked: dict[str, str], stop: asyncio.Event, clients: i
 async def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     async with JsonSink() as sink:
         port = serve.free_port()
-        config = serve.write_config(
-            tmp_path,
-            port,
-            (
-                f"targets: {{hook: '{sink.url()}'}}\n"
-                "rules: [{name: failed, match: {status: Failed}, notify: hook}]\n"
-                # Sends claimed at the kill come back after the lease, not the default timeout + 30 s.
-                "delivery: {timeout: 2s, lease: 3s}\n"
-            ),
-        )
+        # Sends claimed at the kill come back after the lease, not the default timeout + 30 s.
+        config = failed_to(sink, tmp_path, port, "timeout: 2s, lease: 3s")
         log = tmp_path / "serve.log"
         proc = serve.start(config, log)
         await asyncio.to_thread(serve.wait_healthy, port, proc)
@@ -85,12 +92,9 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> N
             failed = {job_id for job_id, status in acked_at_kill.items() if status == "Failed"}
             assert len(failed) >= 400
 
-            def notified() -> set[str]:
-                return {json.loads(r.body)["title"].split()[2] for r in sink.requests}
-
-            await wait_until(lambda: failed <= notified() and all_sent(tmp_path), within=60)
-            titles = [json.loads(r.body)["title"] for r in sink.requests]
-            duplicates = len(titles) - len(set(titles))
+            await wait_until(lambda: failed <= notified(sink) and all_sent(tmp_path), within=60)
+            sent = titles(sink)
+            duplicates = len(sent) - len(set(sent))
             print(
                 f"kill -9 under load: {len(acked_at_kill)} acknowledged, 0 lost; {len(failed)} Failed, all notified;"
                 f" {duplicates} duplicates"
@@ -111,15 +115,7 @@ async def test_kill_9_while_the_worker_delivers_to_a_slow_sink(tmp_path: Path) -
     after `delivery.lease`."""
     async with JsonSink(delay=0.3) as sink:
         port = serve.free_port()
-        config = serve.write_config(
-            tmp_path,
-            port,
-            (
-                f"targets: {{hook: '{sink.url()}'}}\n"
-                "rules: [{name: failed, match: {status: Failed}, notify: hook}]\n"
-                f"delivery: {{concurrency: {CONCURRENCY}, timeout: 2s, lease: 3s}}\n"
-            ),
-        )
+        config = failed_to(sink, tmp_path, port, f"concurrency: {CONCURRENCY}, timeout: 2s, lease: 3s")
         log = tmp_path / "serve.log"
         proc = serve.start(config, log)
         await asyncio.to_thread(serve.wait_healthy, port, proc)
@@ -146,13 +142,10 @@ async def test_kill_9_while_the_worker_delivers_to_a_slow_sink(tmp_path: Path) -
         try:
             await asyncio.to_thread(serve.wait_healthy, port, proc)
 
-            def notified() -> set[str]:
-                return {json.loads(r.body)["title"].split()[2] for r in sink.requests}
-
             # Every row sent, the re-sends of the leases the kill left behind included, before counting.
-            await wait_until(lambda: failed <= notified() and all_sent(tmp_path), within=120)
-            titles = [json.loads(r.body)["title"] for r in sink.requests]
-            duplicates = len(titles) - len(set(titles))
+            await wait_until(lambda: failed <= notified(sink) and all_sent(tmp_path), within=120)
+            sent = titles(sink)
+            duplicates = len(sent) - len(set(sent))
             print(  # the figures bench/README.md quotes (pytest -rP shows them)
                 f"kill -9 during delivery: {len(acked_at_kill)} acknowledged, 0 lost; {len(failed)} Failed, "
                 f"all notified; {received_before_kill} sent before the kill; {duplicates} duplicates"
@@ -160,6 +153,6 @@ async def test_kill_9_while_the_worker_delivers_to_a_slow_sink(tmp_path: Path) -
             assert duplicates <= max(0.001 * len(failed), CONCURRENCY), f"{duplicates} duplicates"
             # Stored but unanswered at the kill (the sender will retry and get a 200) may be notified too;
             # nothing that was never stored is.
-            assert {t.split()[2] for t in titles} <= stored
+            assert notified(sink) <= stored
         finally:
             serve.stop(proc)
