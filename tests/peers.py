@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import inspect
 import json
 import socket
 import time
@@ -36,13 +37,18 @@ def free_port() -> int:
         return port
 
 
-async def wait_until(predicate: Callable[[], object], within: float = 5.0) -> None:
-    """Poll `predicate()` until true (peers record from their own handlers or threads)."""
+async def wait_until(predicate: Callable[[], object], within: float = 5.0, every: float = 0.01) -> None:
+    """Poll `predicate()` until true (peers record from their own handlers or threads); an async predicate
+    (one that asks the app over HTTP, say) is awaited each time."""
     deadline = time.monotonic() + within
-    while not predicate():
+    while not await _value(predicate()):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within} s")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(every)
+
+
+async def _value(result: object) -> object:
+    return await result if inspect.isawaitable(result) else result
 
 
 async def serve_locally(app: web.Application, port: int = 0) -> tuple[web.AppRunner, int]:

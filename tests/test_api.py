@@ -425,10 +425,7 @@ async def test_notifications_by_state_and_redeliver_of_a_dead_one(make_client: M
         async def all_dead() -> bool:
             return len(await by_state("dead")) == 3
 
-        deadline = time.monotonic() + 10
-        while not await all_dead():
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await wait_until(all_dead, within=10, every=0.05)
         dead = await by_state("dead")
         assert [n["id"] for n in dead] == sorted((n["id"] for n in dead), reverse=True)  # newest first
         assert [n["jobId"] for n in dead] == [p["jobId"] for p in reversed(failed_jobs)]
@@ -450,10 +447,11 @@ async def test_notifications_by_state_and_redeliver_of_a_dead_one(make_client: M
         assert before <= answer["nextAttemptAt"] <= int(time.time() * 1000)
 
         await wait_until(lambda: len(sink.requests) == 7)
-        deadline = time.monotonic() + 5
-        while [n["id"] for n in await by_state("sent")] != [target["id"]]:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+
+        async def only_target_sent() -> bool:
+            return [n["id"] for n in await by_state("sent")] == [target["id"]]
+
+        await wait_until(only_target_sent, every=0.05)
         [sent] = await by_state("sent")
         assert sent["nextAttemptAt"] is None
         assert [a["ok"] for a in sent["attempts"]] == [False, False, True]  # history kept

@@ -92,14 +92,12 @@ async def test_dashboard_in_chromium(server: tuple[str, JsonSink]) -> None:
                 assert resp.status == 202
         dead: list[Any] = []
 
-        async def poll_dead() -> None:
+        async def poll_dead() -> bool:
             dead[:] = (await api(http, base, "/api/notifications?state=dead"))["items"]
+            return bool(dead)
 
-        for _ in range(200):  # the one send fails (500) and, with max_attempts 1, the notification is dead
-            await poll_dead()
-            if dead:
-                break
-            await asyncio.sleep(0.1)
+        # The one send fails (500) and, with max_attempts 1, the notification is dead.
+        await wait_until(poll_dead, within=20, every=0.1)
         [notification] = dead
         assert notification["jobId"] == failed["jobId"]
         sink.status, sink.delay = 200, 600.0  # the redelivered send is held in flight: pending while we look
