@@ -59,6 +59,10 @@ class Poster:
                 self.acked.add(payload["jobId"])
             return resp.status, answer, resp.headers.get("Retry-After")
 
+    async def all_accepted(self, jobs: list[dict[str, Any]]) -> None:
+        """Every post with no fault: 202."""
+        assert all(s == 202 for s, _, _ in await asyncio.gather(*(self.post(j) for j in jobs)))
+
     async def refused_while_faulty(self, jobs: list[dict[str, Any]]) -> None:
         """Every post during the fault: 503, `store_unavailable`, a positive Retry-After; never 2xx."""
         for status, answer, retry_after in await asyncio.gather(*(self.post(j) for j in jobs)):
@@ -108,7 +112,7 @@ async def test_disk_full_answers_503_then_recovers_by_itself(tmp_path: Path) -> 
         await asyncio.to_thread(serve.wait_healthy, port, proc)
         async with poster(port) as client:
             before = jobs(60)
-            assert all(s == 202 for s, _, _ in await asyncio.gather(*(client.post(j) for j in before)))
+            await client.all_accepted(before)
 
             _, hard = resource.prlimit(proc.pid, resource.RLIMIT_FSIZE)
             for pid in serve.process_tree(proc.pid):  # the disk is full, for the server and its writer process
@@ -123,7 +127,7 @@ async def test_disk_full_answers_503_then_recovers_by_itself(tmp_path: Path) -> 
             await client.retried_until_accepted(during)
             assert await ready(port) == 200
             after = jobs(20)
-            assert all(s == 202 for s, _, _ in await asyncio.gather(*(client.post(j) for j in after)))
+            await client.all_accepted(after)
     finally:
         serve.stop(proc)
     stored = serve.stored_job_ids(tmp_path / "data" / "jobhook.db")
@@ -148,7 +152,7 @@ async def test_read_only_database_answers_503_then_recovers_by_itself(tmp_path: 
         await asyncio.to_thread(serve.wait_healthy, port, proc)
         async with poster(port) as client:
             before = jobs(30)
-            assert all(s == 202 for s, _, _ in await asyncio.gather(*(client.post(j) for j in before)))
+            await client.all_accepted(before)
         serve.stop(proc)
 
         set_writable(data, False)  # the database file, its WAL files and their folder
@@ -180,7 +184,7 @@ async def test_lock_held_by_another_process_answers_503_then_recovers(tmp_path: 
         await asyncio.to_thread(serve.wait_healthy, port, proc)
         async with poster(port) as client:
             before = jobs(30)
-            assert all(s == 202 for s, _, _ in await asyncio.gather(*(client.post(j) for j in before)))
+            await client.all_accepted(before)
             holder = lock_holder()
             during = jobs(30)
             for chunk in (during[:15], during[15:]):
