@@ -76,7 +76,7 @@ async def test_intake_schema_is_the_pydantic_model(make_client: MakeClient) -> N
     assert "JobError" in schemas and "WatchRequest" in schemas
 
 
-async def test_security_follows_the_configuration(make_client: MakeClient, db_path: Any) -> None:
+async def test_security_follows_the_configuration(make_client: MakeClient) -> None:
     open_doc = await (await (await make_client()).get("/openapi.json")).json()
     assert open_doc["paths"]["/webhooks/jobs"]["post"]["security"] == []
     assert "security" not in open_doc["paths"]["/api/jobs"]["get"]
