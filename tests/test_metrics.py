@@ -129,8 +129,9 @@ async def test_outbox_depth_and_age_while_the_worker_is_stopped(client: AppClien
     samples = await scrape(client)
     assert value(samples, "jobhook_outbox_depth") == 0
     assert value(samples, "jobhook_outbox_oldest_age_seconds") == 0
-    await client.app[WORKER].stop(grace=0)
-    await asyncio.sleep(0.05)  # let a pass under way finish
+    worker = client.app[WORKER]
+    await worker.stop(grace=0)
+    await wait_until(lambda: not worker.running)  # a pass already under way could expand the outbox first
     for _ in range(3):
         assert (await post(client, failed()))[0] == 202
     await asyncio.sleep(0.05)
