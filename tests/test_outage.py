@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import MakeClient
 from tests.jobs import job
 from tests.peers import JsonSink, SmtpSink, free_port, wait_until
-from tests.test_intake import post
+from tests.test_flood import post_all
 
 OUTAGE_RETRY = {"backoff_initial": "250ms", "backoff_max": "1s", "max_attempts": 30, "timeout": "5s"}
 FAILURES_BEFORE_RECOVERY = 3
@@ -25,11 +25,6 @@ RULE = {"name": "failed", "match": {"status": "Failed"}, "notify": "peer"}
 
 def failed_jobs(count: int) -> list[dict[str, Any]]:
     return [job(status="Failed", error={"code": "boom", "message": f"m{i}"}) for i in range(count)]
-
-
-async def post_all(client: Any, jobs: list[dict[str, Any]]) -> None:
-    statuses = [status for status, _ in await asyncio.gather(*(post(client, j) for j in jobs))]
-    assert statuses == [202] * len(jobs)
 
 
 async def outage_lasts_several_steps(db: Any, count: int) -> None:
