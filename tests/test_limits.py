@@ -15,12 +15,7 @@ from tests import serve
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[int]:
     port = serve.free_port()
-    config = tmp_path / "jobhook.yaml"
-    config.write_text(
-        f"server: {{host: 127.0.0.1, port: {port}, idle_timeout: 1s, read_timeout: 1s, max_connections: 5}}\n"
-        f"database: {{url: 'sqlite:///{tmp_path / 'jobhook.db'}'}}\n"
-        "auth: {mode: none}\n"
-    )
+    config = serve.write_config(tmp_path, port, server="idle_timeout: 1s, read_timeout: 1s, max_connections: 5")
     proc = serve.start(config, tmp_path / "serve.log")
     try:
         serve.wait_healthy(port, proc)
