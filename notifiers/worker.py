@@ -122,7 +122,6 @@ class DeliveryWorker:
         self._expanded_at = 0.0
         self._wake = asyncio.Event()
         self._passes_done = asyncio.Event()  # set when `run` has returned: no pass is under way
-        self._due_now = False
         self._stopping = False
         self._in_flight: set[asyncio.Task[None]] = set()
         self.running = False
@@ -147,12 +146,7 @@ class DeliveryWorker:
         self._wake.set()
 
     def deliveries_due(self) -> None:
-        """A delivery became due now (an operator's redeliver): claim at once, without re-reading the outbox.
-
-        Unlike a finished send's wake-up, it survives a pass already under way (that pass may have claimed
-        before the delivery was due), so the next pass starts without waiting.
-        """
-        self._due_now = True
+        """A delivery became due now (an operator's redeliver): claim at once, without re-reading the outbox."""
         self._wake.set()
 
     async def run(self) -> None:
@@ -160,7 +154,9 @@ class DeliveryWorker:
         self._passes_done.clear()
         try:
             while not self._stopping:
-                self._due_now = False
+                # Cleared as a pass starts: a wake-up during the pass (a transition committed after it planned,
+                # a redeliver after it claimed, a send that freed a slot) starts the next pass at once.
+                self._wake.clear()
                 if self._update_intake_busy():
                     await asyncio.sleep(BUSY_PAUSE_SECONDS)
                 try:
@@ -186,8 +182,6 @@ class DeliveryWorker:
                     wait = IDLE_POLL_SECONDS
                 if self._stopping:
                     break
-                if not self._due_now:
-                    self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
         finally:
