@@ -280,11 +280,6 @@ def next_state(outcome: Outcome, now: int) -> tuple[str, int | None, int | None]
     return RETRYING, outcome.next_attempt_at, None
 
 
-def release(conn: sqlite3.Connection, delivery_ids: Sequence[int]) -> None:
-    """Give back claims that were never sent (shutdown before their turn): due again at once."""
-    conn.executemany("UPDATE deliveries SET lease_until = NULL WHERE id = ?", [(i,) for i in delivery_ids])
-
-
 def redeliver(conn: sqlite3.Connection, delivery_ids: Sequence[int], now: int) -> int:
     """Put deliveries back to pending, due now, keeping their attempt history."""
     changed = 0
