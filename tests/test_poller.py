@@ -154,8 +154,14 @@ async def test_429_pauses_the_account_for_retry_after(make_client: MakeClient, d
         for form in ("seconds", "http-date"):
             # An HTTP-date has whole seconds: 2 s ahead is a pause of 1 to 2 s.
             retry_after = "1" if form == "seconds" else email.utils.formatdate(time.time() + 2, usegmt=True)
+            paused_until = poller.throttled_until
             fake.fail_next(429, retry_after=retry_after)
-            await wait_until(lambda: any(seen.status == 429 for seen in fake.seen))
+            # The fake records the 429 before its answer reaches the poller: wait for both.
+            await wait_until(
+                lambda paused_until=paused_until: (
+                    any(seen.status == 429 for seen in fake.seen) and poller.throttled_until != paused_until
+                )
+            )
             [throttled] = [seen for seen in fake.seen if seen.status == 429]
             assert poller.throttled_until is not None and poller.throttled_until > throttled.at + 0.5
             await asyncio.sleep(max(throttled.at + 0.9 - time.monotonic(), 0))
