@@ -10,6 +10,7 @@ Every database error becomes `StoreUnavailable` (intake answers 503 + Retry-Afte
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -23,14 +24,14 @@ from receiver.store import pg_deliveries, pg_flood, pg_retention
 from receiver.store.base import EventRow, Ingested, OutboxItem, OutboxStats
 from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
 from receiver.store.history import HistoryQueries, Json
-from receiver.store.pg_ingest import DB_ERRORS, IngestThread
+from receiver.store.pg_ingest import DB_ERRORS, IngestOptions, serve_ingest
 from receiver.store.pg_schema import MIGRATIONS
 from receiver.store.pg_sql import numbered
 from receiver.store.polling import FORGET, OPEN_JOBS, TrackedJob
 from receiver.store.retention import Pruned, prune
 from receiver.store.schema import Migration
 from receiver.store.sqlite import BEAT, DELIVERY_STATES, EXPORT_COLUMNS, NEXT_DUE, UNPROCESSED_OUTBOX
-from receiver.store.writer import StoreUnavailable
+from receiver.store.writer import GroupCommitWriter, StoreUnavailable
 from receiver.tally import BATCH_SIZE_BUCKETS, COMMIT_SECONDS_BUCKETS, Histogram
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ class PostgresStore(HistoryQueries):
         self._pool_size = pool_size
         self._flushers = flushers
         self._pool: asyncpg.Pool | None = None
-        self._ingest: IngestThread | None = None
+        self._ingest: GroupCommitWriter[EventRow, Ingested] | None = None
         self.batch_sizes = Histogram(BATCH_SIZE_BUCKETS)
         self.commit_seconds = Histogram(COMMIT_SECONDS_BUCKETS)
 
@@ -150,21 +151,19 @@ class PostgresStore(HistoryQueries):
             raise StoreUnavailable(f"cannot open {display_url(self.url)}: {exc}") from exc
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
-        ingest = IngestThread(
-            self.url,
-            notify_statuses=self._notify_statuses,
-            flushers=self._flushers,
-            command_timeout=self._command_timeout,
-            server_settings=self._server_settings,
+        self._ingest = GroupCommitWriter(
+            functools.partial(
+                serve_ingest,
+                options=IngestOptions(
+                    self.url, self._notify_statuses, self._flushers, self._command_timeout, self._server_settings
+                ),
+            ),
+            asyncio.get_running_loop(),
+            name="jobhook-pg-ingest",
             batch_sizes=self.batch_sizes,
             commit_seconds=self.commit_seconds,
         )
-        try:
-            await ingest.start()
-        except DB_ERRORS as exc:
-            await self.close()
-            raise StoreUnavailable(f"cannot open {display_url(self.url)}: {exc}") from exc
-        self._ingest = ingest
+        await self._ingest.start()
 
     async def close(self) -> None:
         if self._ingest is not None:
@@ -173,6 +172,13 @@ class PostgresStore(HistoryQueries):
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    @property
+    def writer(self) -> GroupCommitWriter[EventRow, Ingested]:
+        """The ingest process's writer (intake only: every other write runs on the pool, in this process)."""
+        if self._ingest is None:
+            raise RuntimeError("store is not open")
+        return self._ingest
 
     @property
     def healthy(self) -> bool:
@@ -197,9 +203,7 @@ class PostgresStore(HistoryQueries):
     # --- intake ----------------------------------------------------------------------------
     def ingest(self, row: EventRow) -> asyncio.Future[Ingested]:
         """Store one event durably; resolves once its batch committed (StoreUnavailable if it cannot be)."""
-        if self._ingest is None:
-            raise RuntimeError("store is not open")
-        return self._ingest.submit(row)
+        return self.writer.submit(row)
 
     async def check_writable(self) -> None:
         await self.call(pg_deliveries.execute, numbered(BEAT), now_ms())
