@@ -11,6 +11,7 @@ COPY pyproject.toml README.md ./
 COPY receiver ./receiver
 COPY notifiers ./notifiers
 COPY config ./config
+# asyncpg and uvloop come as manylinux wheels (x86_64 and aarch64): the slim image needs no compiler.
 RUN pip install --no-cache-dir . \
     && useradd --system --uid 10001 --home-dir /app jobhook \
     && mkdir -p /data \

@@ -21,6 +21,7 @@ from notifiers.targets import send
 from receiver import history_cli
 from receiver.app import SERVER_OPTIONS, create_app
 from receiver.auth import build_authenticator
+from receiver.event_loop import loop_factory, loop_name
 from receiver.logs import FORMATS, configure_logging
 from receiver.models import Job, WatchRequest
 from receiver.serving import serve_app
@@ -101,8 +102,16 @@ def _serve(settings: Settings, source: str) -> int:
     app = create_app(settings, source)  # refuses unusable auth, rules or targets before anything starts
     if settings.auth.mode == "none":
         log.warning("auth.mode none: callbacks are accepted without authentication (loopback only)")
-    log.info("listening on http://%s:%d (auth.mode %s)", settings.server.host, settings.server.port, settings.auth.mode)
-    asyncio.run(serve_app(app, settings, SERVER_OPTIONS))
+    # Only `serve` runs on server.event_loop; the other commands' short asyncio.run calls gain nothing from uvloop.
+    with asyncio.Runner(loop_factory=loop_factory(settings.server.event_loop)) as runner:
+        log.info(
+            "listening on http://%s:%d (auth.mode %s, event loop %s)",
+            settings.server.host,
+            settings.server.port,
+            settings.auth.mode,
+            loop_name(runner.get_loop()),
+        )
+        runner.run(serve_app(app, settings, SERVER_OPTIONS))
     log.info("stopped")
     return EXIT_OK
 

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from receiver.durations import now_ms, parse_duration, parse_time
+from receiver.event_loop import EventLoopSetting, uvloop_factory
 from receiver.validation import FieldProblem, dotted_path, field_problems
 
 DEFAULT_CONFIG_PATH = Path("config/jobhook.yaml")
@@ -45,6 +46,14 @@ class ServerSettings(_Section):
     idle_timeout: Duration = 15.0  # to send a complete request, and between requests on one connection
     read_timeout: Duration = 10.0  # to send the body once the headers are in
     max_connections: int = Field(1024, ge=1)
+    event_loop: EventLoopSetting = "auto"  # auto: uvloop when it imports, else asyncio
+
+    @field_validator("event_loop")
+    @classmethod
+    def _loop_available(cls, choice: EventLoopSetting) -> EventLoopSetting:
+        if choice == "uvloop" and uvloop_factory() is None:
+            raise ValueError("uvloop cannot be imported here (pip install uvloop); use auto or asyncio")
+        return choice
 
     @property
     def is_loopback(self) -> bool:
