@@ -1,7 +1,8 @@
 """The baseline: a bare aiohttp server whose only handler answers POST /webhooks/jobs with 202.
 
-It neither reads nor validates the body; `python -m bench.bare --port N`. Same `access_log=None`
-and default asyncio loop as `jobhook serve`, so the difference is jobhook's own work.
+It neither reads nor validates the body; `python -m bench.bare --port N [--loop asyncio|uvloop]`. Same
+`access_log=None` as `jobhook serve`, and it must run on the same event loop as the jobhook it is
+compared with (uvloop by default, `server.event_loop`), so that the difference is jobhook's own work.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+import uvloop
 from aiohttp import web
 
 
@@ -32,8 +34,10 @@ def run(app: web.Application, prog: str, description: str | None, argv: Sequence
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio", help="the event loop")
     args = parser.parse_args(argv)
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+    loop = uvloop.new_event_loop() if args.loop == "uvloop" else None  # None: run_app's asyncio loop
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, loop=loop)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

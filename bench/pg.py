@@ -27,7 +27,9 @@ from bench.ingest import (
     parse_wrk,
     progress,
     report_problems,
+    served_loop,
     server,
+    server_keys,
     slug,
     wrk_command,
 )
@@ -82,8 +84,7 @@ def jobhook_postgres(
         for i, port in enumerate(ports):
             config = run_dir / f"config-{i}.yaml"
             config.write_text(
-                f"server: {{host: 127.0.0.1, port: {port}}}\n"
-                f'database: {{url: "{url}", synchronous: {synchronous}}}\n'
+                server_keys(port, args) + f'database: {{url: "{url}", synchronous: {synchronous}}}\n'
                 "auth: {mode: none}\n"
             )
             stack.enter_context(server(jobhook_command(config), port, logs[i], run_dir))
@@ -96,7 +97,8 @@ def jobhook_postgres(
         )
     events, terminal, outbox = asyncio.run(_count(url))
     problems = ", ".join(p for p in map(report_problems, logs) if p)
-    return Run(name, measured, warm.ok + measured.ok, events, terminal, outbox, problems)
+    [loop] = {served_loop(log) for log in logs}
+    return Run(name, measured, warm.ok + measured.ok, events, terminal, outbox, problems, loop)
 
 
 def postgres_runs(args: argparse.Namespace, tmp: Path) -> list[Run]:
