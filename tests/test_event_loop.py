@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sys
 from pathlib import Path
 
@@ -11,30 +13,47 @@ from receiver.cli import main
 from receiver.event_loop import loop_factory
 from receiver.settings import ConfigError, parse_settings
 from tests import serve
+from tests.bytescale_fake import BytescaleFake
 from tests.jobs import job
+from tests.peers import JsonSink, Recorded, wait_until
 from tests.test_cli import post
+
+
+def sent(requests: list[Recorded], job_ids: set[str]) -> set[str]:
+    """Which of `job_ids` the sink has been sent a message about."""
+    return {job_id for r in requests for job_id in job_ids if job_id in r.json()["message"]}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("server_keys", "expected"), [("", "uvloop"), ("event_loop: asyncio", "asyncio")])
-def test_serve_runs_on_the_configured_loop_and_accepts_callbacks(
+async def test_serve_on_each_loop_takes_callbacks_polls_and_delivers(
     tmp_path: Path, server_keys: str, expected: str
 ) -> None:
-    port = serve.free_port()
-    config = serve.write_config(tmp_path, port, server=server_keys)
-    log = tmp_path / "serve.log"
-    proc = serve.start(config, log)
-    payload = job(status="Failed")
-    try:
-        serve.wait_healthy(port, proc)
-        assert post(port, payload)[0] == 202
-        assert serve.stop(proc) == 0  # SIGTERM through the loop's signal handler: a graceful stop
-    finally:
-        proc.kill()
+    """Everything `serve` runs on its loop: intake and the SQLite writer process (connect_accepted_socket), the
+    poller (aiohttp client), the worker's apprise sends in threads, and SIGTERM's graceful stop."""
+    async with BytescaleFake() as fake, JsonSink() as sink:
+        polled = fake.start_job(outcome="Failed")
+        port = serve.free_port()
+        extra = (
+            f"targets: {{hook: '{sink.url()}'}}\n"
+            "rules: [{match: {status: Failed}, notify: hook}]\n"
+            f"sources: {{bytescale: {json.dumps(fake.source())}}}\n"
+        )
+        config = serve.write_config(tmp_path, port, extra, server=server_keys)
+        log = tmp_path / "serve.log"
+        proc = serve.start(config, log)
+        pushed = job(status="Failed", error={"code": "boom", "message": "It broke."})
+        try:
+            await asyncio.to_thread(serve.wait_healthy, port, proc)
+            assert (await asyncio.to_thread(post, port, pushed))[0] == 202
+            notified = {pushed["jobId"], polled.job_id}
+            await wait_until(lambda: notified == sent(sink.requests, notified), within=30)
+            assert await asyncio.to_thread(serve.stop, proc) == 0  # SIGTERM through the loop's signal handler
+        finally:
+            proc.kill()
     [listening] = [line for line in log.read_text().splitlines() if "listening on" in line]
     assert listening.endswith(f"event loop {expected})")
-    # Stored by the SQLite writer process, reached through the loop's connect_accepted_socket.
-    assert payload["jobId"] in serve.stored_job_ids(tmp_path / "data" / "jobhook.db")
+    assert notified <= serve.stored_job_ids(tmp_path / "data" / "jobhook.db")
 
 
 def test_a_bad_event_loop_names_the_key() -> None:
