@@ -43,7 +43,11 @@ def create_store(settings: Settings, notify_statuses: frozenset[str]) -> Store:
     db = settings.database
     if is_postgres_url(db.url):
         return PostgresStore(
-            db.url, synchronous=db.synchronous, command_timeout=db.busy_timeout, notify_statuses=notify_statuses
+            db.url,
+            synchronous=db.synchronous,
+            command_timeout=db.busy_timeout,
+            notify_statuses=notify_statuses,
+            event_loop=settings.server.event_loop,
         )
     return SqliteStore(
         sqlite_path(db.url),

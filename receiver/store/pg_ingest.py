@@ -25,11 +25,12 @@ import socket
 import time
 from collections.abc import Collection, Sequence
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import asyncpg
 
 from receiver.durations import now_ms
+from receiver.event_loop import EventLoopSetting, loop_factory
 from receiver.store.base import EventRow, Ingested
 from receiver.store.batch import plan_batch
 from receiver.store.transitions import Position
@@ -131,6 +132,7 @@ class IngestOptions(NamedTuple):
     flushers: int  # batches written at once, each on its own connection
     command_timeout: float
     server_settings: dict[str, str]
+    event_loop: EventLoopSetting  # asyncpg on uvloop, where the server runs on it
 
 
 def serve_ingest(channel: Connection, options: IngestOptions) -> None:
@@ -143,7 +145,8 @@ def serve_ingest(channel: Connection, options: IngestOptions) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=os.dup(channel.fileno()))
     channel.close()
-    asyncio.run(_Ingest(options).serve(sock))
+    with asyncio.Runner(loop_factory=loop_factory(options.event_loop)) as runner:
+        runner.run(_Ingest(options).serve(sock))
 
 
 class _Ingest(asyncio.Protocol):
@@ -182,8 +185,7 @@ class _Ingest(asyncio.Protocol):
 
     # --- the channel -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # (uvloop's transports do not subclass asyncio's)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from receiver.durations import now_ms
+from receiver.event_loop import EventLoopSetting
 from receiver.store import pg_deliveries, pg_flood, pg_retention
 from receiver.store.base import EventRow, Ingested, OutboxItem, OutboxStats
 from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
@@ -113,8 +114,10 @@ class PostgresStore(HistoryQueries):
         notify_statuses: frozenset[str],
         pool_size: int = 8,
         flushers: int = 2,
+        event_loop: EventLoopSetting = "auto",
     ) -> None:
         self.url = url
+        self._event_loop: EventLoopSetting = event_loop  # the ingest process's, as the server's
         # normal: a commit returns before its WAL reaches disk (survives a jobhook crash, not a server crash).
         self._server_settings = {
             "synchronous_commit": "on" if synchronous == "full" else "off",
@@ -155,7 +158,12 @@ class PostgresStore(HistoryQueries):
             functools.partial(
                 serve_ingest,
                 options=IngestOptions(
-                    self.url, self._notify_statuses, self._flushers, self._command_timeout, self._server_settings
+                    self.url,
+                    self._notify_statuses,
+                    self._flushers,
+                    self._command_timeout,
+                    self._server_settings,
+                    self._event_loop,
                 ),
             ),
             asyncio.get_running_loop(),
