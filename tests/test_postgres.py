@@ -21,7 +21,6 @@ from receiver.app import create_store
 from receiver.models import TERMINAL
 from receiver.store import EventRow, Ingested, StoreUnavailable
 from receiver.store.deliveries import Grouping, NewDelivery
-from receiver.store.pg_ingest import lock_key
 from receiver.store.pg_schema import MIGRATIONS
 from receiver.store.postgres import PostgresStore, apply_migrations, display_url
 from receiver.store.schema import Migration
@@ -152,30 +151,6 @@ async def test_a_read_only_database_answers_503_then_recovers(
     assert answers[-1] == 202  # the sender's retry succeeds: not a duplicate
     await wait_until(lambda: db("SELECT count(*) FROM events") == [(2,)], 10)
     assert (await client.get("/readyz")).status == 200
-
-
-# --- the ingest process --------------------------------------------------------------------------------
-async def test_a_batch_that_commits_early_is_answered_after_the_one_before_it(database_url: str, db: Any) -> None:
-    """Two flushers write two batches at once; answers leave in the order the rows came, whatever the commits do."""
-    store = open_store(database_url, NOTIFY)
-    await store.open()
-    held, free = job(status="Running"), job(status="Running")
-    locker = await asyncpg.connect(database_url)
-    try:
-        await locker.execute("BEGIN")
-        await locker.execute("SELECT pg_advisory_xact_lock($1)", lock_key(held["jobId"]))
-        first = store.ingest(row(held))
-        waiting_for_lock = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-        await wait_until(lambda: db(waiting_for_lock) == [(1,)], 10)  # the first batch is being written
-        second = store.ingest(row(free))
-        await wait_until(lambda: db("SELECT count(*) FROM events WHERE job_id = ?", free["jobId"]) == [(1,)], 10)
-        await asyncio.sleep(0.2)
-        assert not first.done() and not second.done()  # committed, but its turn to be answered has not come
-        await locker.execute("COMMIT")
-        assert await asyncio.gather(first, second) == [Ingested.STORED, Ingested.STORED]
-    finally:
-        await locker.close()
-        await store.close()
 
 
 # --- several replicas on one database -------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from receiver.keys import STORE
-from receiver.store.writer import CallFailed, GroupCommitWriter, StoreUnavailable, serve_writer
+from receiver.store.writer import CallFailed, GroupCommitWriter, StoreUnavailable
 from tests.conftest import MakeClient
 from tests.jobs import body, job
 from tests.peers import wait_until
@@ -58,8 +58,7 @@ def fail_unpicklably(conn: sqlite3.Connection) -> None:
 @pytest.fixture
 async def writer(tmp_path: Path) -> AsyncIterator[GroupCommitWriter[str, bool]]:
     writer: GroupCommitWriter[str, bool] = GroupCommitWriter(
-        functools.partial(serve_writer, connect=functools.partial(connect, tmp_path / "w.db"), write_batch=insert),
-        asyncio.get_running_loop(),
+        functools.partial(connect, tmp_path / "w.db"), insert, asyncio.get_running_loop()
     )
     await writer.start()
     yield writer
@@ -108,8 +107,7 @@ async def test_a_write_the_writer_cannot_run_fails_alone(writer: GroupCommitWrit
 
 async def test_stop_writes_what_is_queued(tmp_path: Path) -> None:
     writer: GroupCommitWriter[str, bool] = GroupCommitWriter(
-        functools.partial(serve_writer, connect=functools.partial(connect, tmp_path / "w.db"), write_batch=insert),
-        asyncio.get_running_loop(),
+        functools.partial(connect, tmp_path / "w.db"), insert, asyncio.get_running_loop()
     )
     await writer.start()
     pending = [writer.submit(f"late{i}") for i in range(20)]
@@ -148,7 +146,6 @@ async def test_a_dead_writer_fails_what_it_held_and_a_new_one_takes_over(
     assert await writer.call(count, "") == 2
 
 
-@pytest.mark.stores("sqlite", "postgres")
 async def test_the_app_answers_503_while_its_writer_is_gone_then_recovers(make_client: MakeClient) -> None:
     client = await make_client()
     writer = client.app[STORE].writer

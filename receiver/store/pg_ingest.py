@@ -10,22 +10,19 @@ Across processes nothing in memory can be trusted, so the database decides:
    `receiver.store.batch.plan_batch` (the same pure rule as SQLite) decides state and transitions;
 4. job upserts and outbox rows are written with `unnest` arrays: four round trips whatever the batch size.
 
-`serve_ingest` is the group commit, in a process of its own (see `_Ingest`).
+`IngestThread` is the group commit (see its docstring).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import gc
 import hashlib
-import os
-import signal
-import socket
+import logging
+import threading
 import time
 from collections.abc import Collection, Sequence
-from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -34,20 +31,13 @@ from receiver.event_loop import EventLoopSetting, loop_factory
 from receiver.store.base import EventRow, Ingested
 from receiver.store.batch import plan_batch
 from receiver.store.transitions import Position
-from receiver.store.writer import (
-    STOP,
-    CallFailed,
-    Op,
-    RoundAnswer,
-    StoreUnavailable,
-    dump_answer,
-    frame_bytes,
-    read_ops,
-    whole_frames,
-)
+from receiver.store.writer import StoreUnavailable
+from receiver.tally import Histogram
 
 if TYPE_CHECKING:
     from receiver.store.pg_sql import Conn
+
+log = logging.getLogger("jobhook.store")
 
 MAX_BATCH = 2000
 ATTEMPTS = 3  # a batch caught in a deadlock or serialisation failure is rolled back and written again
@@ -124,159 +114,152 @@ async def write_batch(
     return plan.results
 
 
-class IngestOptions(NamedTuple):
-    """What the ingest process needs to connect and decide (pickled to it: plain data)."""
-
-    url: str
-    notify_statuses: Collection[str]
-    flushers: int  # batches written at once, each on its own connection
-    command_timeout: float
-    server_settings: dict[str, str]
-    event_loop: EventLoopSetting  # asyncpg on uvloop, where the server runs on it
-
-
-def serve_ingest(channel: Connection, options: IngestOptions) -> None:
-    """The PostgreSQL ingest process: the body `GroupCommitWriter` runs for this store (see `_Ingest`).
-
-    Like the SQLite writer it ignores SIGINT (the server stops it with a stop frame) and ends when the
-    server's end of the socket closes.
-    """
-    gc.freeze()  # see receiver.store.writer.serve_writer
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sock = socket.socket(fileno=os.dup(channel.fileno()))
-    channel.close()
-    with asyncio.Runner(loop_factory=loop_factory(options.event_loop)) as runner:
-        runner.run(_Ingest(options).serve(sock))
+def _settle(futures: list[asyncio.Future[Ingested]], outcome: list[Ingested] | BaseException) -> None:
+    for i, future in enumerate(futures):
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome[i])
 
 
-class _Ingest(asyncio.Protocol):
-    """Group commit in a process of its own: its event loop, its connections, `flushers` flush tasks.
+class IngestThread:
+    """Group commit on a thread of its own: its event loop, its connections, `flushers` flush tasks.
 
-    In the server's process, each of a batch's four round trips waited for the GIL behind the HTTP requests
-    being parsed. Here frames of rows arrive off the socket; each flush task takes every waiting frame (up to
-    MAX_BATCH rows), writes them in one transaction (with more than one flusher, a batch is written while the
-    previous one waits for its commit), and the answer goes back as one frame per batch. Answers leave in the
-    order their frames came, as the server's side expects, even when a later batch commits first.
+    On the app's loop, every round trip of a batch would wait behind the HTTP requests being parsed; here
+    a batch's four round trips run back to back. Requests queue rows with `submit` and await a future on the
+    app's loop; each flush task takes everything queued, writes it in one transaction (with more than one
+    flusher, a batch is written while the previous one waits for its commit), and answers the whole batch
+    with one `call_soon_threadsafe` after COMMIT.
     """
 
-    def __init__(self, options: IngestOptions) -> None:
-        self._options = options
-        self._buffer = bytearray()
-        self._waiting: collections.deque[list[Op] | None] = collections.deque()  # frames not yet taken
-        self._taken = 0  # frames taken by flush tasks so far
-        self._sent = 0  # frames answered so far
-        self._ready: dict[int, tuple[int, RoundAnswer]] = {}  # first frame -> (frames, answer) of a batch
-        self._has_work = asyncio.Event()
+    def __init__(
+        self,
+        url: str,
+        *,
+        notify_statuses: Collection[str],
+        flushers: int,
+        command_timeout: float,
+        server_settings: dict[str, str],
+        event_loop: EventLoopSetting,
+        batch_sizes: Histogram,
+        commit_seconds: Histogram,
+    ) -> None:
+        self._url = url
+        self._notify_statuses = notify_statuses
+        self._flushers = flushers
+        self._command_timeout = command_timeout
+        self._server_settings = server_settings
+        self.batch_sizes = batch_sizes
+        self.commit_seconds = commit_seconds
+        self.healthy = True
+        self._inbox: collections.deque[tuple[EventRow, asyncio.Future[Ingested]]] = collections.deque()
+        self._wake_scheduled = False
         self._closing = False
-        self._transport: asyncio.Transport | None = None
+        self._app_loop: asyncio.AbstractEventLoop | None = None
+        self._loop = (loop_factory(event_loop) or asyncio.new_event_loop)()  # asyncpg is written for uvloop
+        self._thread = threading.Thread(target=self._loop.run_forever, name="jobhook-pg-ingest", daemon=True)
+        self._has_work: asyncio.Event | None = None
         self._pool: asyncpg.Pool | None = None
-        self._opening = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
 
-    async def serve(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.connect_accepted_socket(lambda: self, sock)
+    # --- the app's loop ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._app_loop = asyncio.get_running_loop()
+        self._thread.start()
         try:
-            await asyncio.gather(*(self._flush() for _ in range(self._options.flushers)))
-        finally:
-            if self._pool is not None:
-                await self._pool.close()
-            if self._transport is not None:
-                self._transport.close()
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._open(), self._loop))
+        except BaseException:
+            await self._end_thread()
+            raise
 
-    # --- the channel -------------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # (uvloop's transports do not subclass asyncio's)
+    def submit(self, row: EventRow) -> asyncio.Future[Ingested]:
+        assert self._app_loop is not None and self._has_work is not None
+        future: asyncio.Future[Ingested] = self._app_loop.create_future()
+        if self._closing:
+            future.set_exception(StoreUnavailable("the store is closing"))
+            return future
+        self._inbox.append((row, future))
+        if not self._wake_scheduled:  # one wake-up per batch, not per row
+            self._wake_scheduled = True
+            self._loop.call_soon_threadsafe(self._has_work.set)
+        return future
 
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        for frame in whole_frames(self._buffer):
-            ops = read_ops(frame)
-            if ops == STOP:
-                self._closing = True  # the flush tasks write what is waiting, then end
-            else:
-                self._waiting.append(ops)
-        self._has_work.set()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """The server is gone: nobody is left to answer, so nothing more is written."""
-        self._waiting.clear()
+    async def stop(self) -> None:
+        """Write what is queued, then close the connections and end the thread."""
         self._closing = True
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._close(), self._loop))
+        await self._end_thread()
+
+    async def _end_thread(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        await asyncio.to_thread(self._thread.join)
+        self._loop.close()
+
+    # --- the ingest thread's loop ---------------------------------------------------------------------
+    async def _open(self) -> None:
+        self._has_work = asyncio.Event()
+        self._pool = await asyncpg.create_pool(
+            self._url,
+            min_size=self._flushers,
+            max_size=self._flushers,
+            command_timeout=self._command_timeout,
+            server_settings=self._server_settings,
+        )
+        self._tasks = [asyncio.create_task(self._flush(), name=f"pg-flush-{i}") for i in range(self._flushers)]
+
+    async def _close(self) -> None:
+        assert self._has_work is not None
         self._has_work.set()
+        await asyncio.gather(*self._tasks)
+        if self._pool is not None:
+            await self._pool.close()
 
-    def _answer(self, first: int, frames: int, answer: RoundAnswer) -> None:
-        """Send every batch whose turn has come: answers go out in the order of their frames."""
-        self._ready[first] = (frames, answer)
-        while self._sent in self._ready:
-            frames, answer = self._ready.pop(self._sent)
-            self._sent += frames
-            if self._transport is not None and not self._transport.is_closing():
-                self._transport.write(frame_bytes(dump_answer(answer)))
+    def _take(self) -> list[tuple[EventRow, asyncio.Future[Ingested]]]:
+        self._wake_scheduled = False  # before draining: a row queued from now on schedules a new wake-up
+        batch: list[tuple[EventRow, asyncio.Future[Ingested]]] = []
+        while self._inbox and len(batch) < MAX_BATCH:
+            batch.append(self._inbox.popleft())
+        return batch
 
-    # --- writing -----------------------------------------------------------------------------------
     async def _flush(self) -> None:
+        assert self._has_work is not None and self._app_loop is not None
         while True:
-            if not self._waiting:
+            batch = self._take()
+            if not batch:
                 if self._closing:
                     return
                 self._has_work.clear()
                 await self._has_work.wait()
                 continue
-            first, work = self._taken, self._take()
-            self._taken += len(work)
-            rows = [row for ops in work if ops is not None for op in ops for row in op[1]]
-            answer = await self._round(work, rows)
-            self._answer(first, len(work), answer)
-
-    def _take(self) -> list[list[Op] | None]:
-        """Whole frames, up to MAX_BATCH rows (at least one frame)."""
-        work = [self._waiting.popleft()]
-        rows = _rows_in(work[0])
-        while self._waiting and rows + _rows_in(self._waiting[0]) <= MAX_BATCH:
-            rows += _rows_in(self._waiting[0])
-            work.append(self._waiting.popleft())
-        return work
-
-    async def _round(self, work: list[list[Op] | None], rows: list[EventRow]) -> RoundAnswer:
-        if any(op[0] != "rows" for ops in work if ops is not None for op in ops):
-            error = CallFailed("the PostgreSQL ingest process only stores rows")
-            return [None if ops is None else [("error", error)] * len(ops) for ops in work], 0, 0.0
-        started = time.perf_counter()
-        try:
-            results = iter(await self._write(rows)) if rows else iter(())
-        except StoreUnavailable as exc:
-            return [None if ops is None else [("error", exc)] * len(ops) for ops in work], 0, 0.0
-        answers = [None if ops is None else [("ok", [next(results) for _ in op[1]]) for op in ops] for ops in work]
-        return answers, len(rows), time.perf_counter() - started
+            try:
+                outcome: list[Ingested] | BaseException = await self._write([row for row, _ in batch])
+            except StoreUnavailable as exc:
+                outcome = exc
+            except Exception as exc:  # a bug in the batch code: fail this batch (503), keep flushing
+                log.exception("writing a batch failed")
+                outcome = StoreUnavailable(f"{type(exc).__name__} while writing")
+            self._app_loop.call_soon_threadsafe(_settle, [future for _, future in batch], outcome)
 
     async def _write(self, rows: list[EventRow]) -> list[Ingested]:
         """One transaction; a deadlock or serialisation failure is rolled back and written again."""
+        assert self._pool is not None
         for attempt in range(1, ATTEMPTS + 1):
+            started = time.perf_counter()
             try:
-                pool = await self._open()
-                async with pool.acquire() as conn:
-                    return await write_batch(conn, rows, self._options.notify_statuses, now_ms())
+                async with self._pool.acquire() as conn:
+                    results = await write_batch(conn, rows, self._notify_statuses, now_ms())
             except DB_ERRORS as exc:
                 if isinstance(exc, RETRIED) and attempt < ATTEMPTS:
                     continue
-                raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
-            except Exception as exc:  # a bug in the batch code: fail this batch (503), keep the process
-                raise StoreUnavailable(f"{type(exc).__name__} while writing: {exc}") from exc
+                reason = str(exc) or type(exc).__name__
+                if self.healthy:
+                    log.error("store cannot commit: %s", reason)
+                self.healthy = False
+                raise StoreUnavailable(reason) from exc
+            self.commit_seconds.observe(time.perf_counter() - started)
+            self.batch_sizes.observe(len(rows))
+            self.healthy = True
+            return results
         raise AssertionError("unreachable")
-
-    async def _open(self) -> asyncpg.Pool:
-        """The pool, created at the first batch and again after creating it failed."""
-        options = self._options
-        async with self._opening:
-            if self._pool is None:
-                self._pool = await asyncpg.create_pool(
-                    options.url,
-                    min_size=options.flushers,
-                    max_size=options.flushers,
-                    command_timeout=options.command_timeout,
-                    server_settings=options.server_settings,
-                )
-            return self._pool
-
-
-def _rows_in(ops: list[Op] | None) -> int:
-    return 0 if ops is None else sum(len(op[1]) for op in ops if op[0] == "rows")

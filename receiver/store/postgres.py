@@ -10,7 +10,6 @@ Every database error becomes `StoreUnavailable` (intake answers 503 + Retry-Afte
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -25,14 +24,14 @@ from receiver.store import pg_deliveries, pg_flood, pg_retention
 from receiver.store.base import EventRow, Ingested, OutboxItem, OutboxStats
 from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
 from receiver.store.history import HistoryQueries, Json
-from receiver.store.pg_ingest import DB_ERRORS, IngestOptions, serve_ingest
+from receiver.store.pg_ingest import DB_ERRORS, IngestThread
 from receiver.store.pg_schema import MIGRATIONS
 from receiver.store.pg_sql import numbered
 from receiver.store.polling import FORGET, OPEN_JOBS, TrackedJob
 from receiver.store.retention import Pruned, prune
 from receiver.store.schema import Migration
 from receiver.store.sqlite import BEAT, DELIVERY_STATES, EXPORT_COLUMNS, NEXT_DUE, UNPROCESSED_OUTBOX
-from receiver.store.writer import GroupCommitWriter, StoreUnavailable
+from receiver.store.writer import StoreUnavailable
 from receiver.tally import BATCH_SIZE_BUCKETS, COMMIT_SECONDS_BUCKETS, Histogram
 
 if TYPE_CHECKING:
@@ -117,7 +116,7 @@ class PostgresStore(HistoryQueries):
         event_loop: EventLoopSetting = "auto",
     ) -> None:
         self.url = url
-        self._event_loop: EventLoopSetting = event_loop  # the ingest process's, as the server's
+        self._event_loop: EventLoopSetting = event_loop  # the ingest thread's, as the server's
         # normal: a commit returns before its WAL reaches disk (survives a jobhook crash, not a server crash).
         self._server_settings = {
             "synchronous_commit": "on" if synchronous == "full" else "off",
@@ -131,7 +130,7 @@ class PostgresStore(HistoryQueries):
         self._pool_size = pool_size
         self._flushers = flushers
         self._pool: asyncpg.Pool | None = None
-        self._ingest: GroupCommitWriter[EventRow, Ingested] | None = None
+        self._ingest: IngestThread | None = None
         self.batch_sizes = Histogram(BATCH_SIZE_BUCKETS)
         self.commit_seconds = Histogram(COMMIT_SECONDS_BUCKETS)
 
@@ -154,24 +153,22 @@ class PostgresStore(HistoryQueries):
             raise StoreUnavailable(f"cannot open {display_url(self.url)}: {exc}") from exc
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
-        self._ingest = GroupCommitWriter(
-            functools.partial(
-                serve_ingest,
-                options=IngestOptions(
-                    self.url,
-                    self._notify_statuses,
-                    self._flushers,
-                    self._command_timeout,
-                    self._server_settings,
-                    self._event_loop,
-                ),
-            ),
-            asyncio.get_running_loop(),
-            name="jobhook-pg-ingest",
+        ingest = IngestThread(
+            self.url,
+            notify_statuses=self._notify_statuses,
+            flushers=self._flushers,
+            command_timeout=self._command_timeout,
+            server_settings=self._server_settings,
+            event_loop=self._event_loop,
             batch_sizes=self.batch_sizes,
             commit_seconds=self.commit_seconds,
         )
-        await self._ingest.start()
+        try:
+            await ingest.start()
+        except DB_ERRORS as exc:
+            await self.close()
+            raise StoreUnavailable(f"cannot open {display_url(self.url)}: {exc}") from exc
+        self._ingest = ingest
 
     async def close(self) -> None:
         if self._ingest is not None:
@@ -180,13 +177,6 @@ class PostgresStore(HistoryQueries):
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
-
-    @property
-    def writer(self) -> GroupCommitWriter[EventRow, Ingested]:
-        """The ingest process's writer (intake only: every other write runs on the pool, in this process)."""
-        if self._ingest is None:
-            raise RuntimeError("store is not open")
-        return self._ingest
 
     @property
     def healthy(self) -> bool:
@@ -211,7 +201,9 @@ class PostgresStore(HistoryQueries):
     # --- intake ----------------------------------------------------------------------------
     def ingest(self, row: EventRow) -> asyncio.Future[Ingested]:
         """Store one event durably; resolves once its batch committed (StoreUnavailable if it cannot be)."""
-        return self.writer.submit(row)
+        if self._ingest is None:
+            raise RuntimeError("store is not open")
+        return self._ingest.submit(row)
 
     async def check_writable(self) -> None:
         await self.call(pg_deliveries.execute, numbered(BEAT), now_ms())

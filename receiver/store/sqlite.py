@@ -28,7 +28,7 @@ from receiver.store.polling import TrackedJob
 from receiver.store.retention import Pruned, prune
 from receiver.store.schema import MIGRATIONS, Migration
 from receiver.store.transitions import Position
-from receiver.store.writer import GroupCommitWriter, serve_writer
+from receiver.store.writer import GroupCommitWriter
 from receiver.tally import BATCH_SIZE_BUCKETS, COMMIT_SECONDS_BUCKETS, Histogram
 
 log = logging.getLogger("jobhook.store")
@@ -205,11 +205,8 @@ class SqliteStore(HistoryQueries):
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
         self._writer = GroupCommitWriter(
-            functools.partial(
-                serve_writer,
-                connect=functools.partial(connect_writer, self.path, self._synchronous, self._busy_timeout_ms),
-                write_batch=functools.partial(write_events, notify_statuses=self._notify_statuses),
-            ),
+            functools.partial(connect_writer, self.path, self._synchronous, self._busy_timeout_ms),
+            functools.partial(write_events, notify_statuses=self._notify_statuses),
             asyncio.get_running_loop(),
             batch_sizes=self.batch_sizes,
             commit_seconds=self.commit_seconds,

@@ -58,7 +58,7 @@ Op = tuple[Any, ...]
 # writer could not read.
 Answer = tuple[str, Any]
 RoundAnswer = tuple[list[list[Answer] | None], int, float]
-STOP: list[Op] = [("stop",)]
+_STOP: list[Op] = [("stop",)]
 _READ_SIZE = 1 << 20
 # Rows per frame: a burst of requests goes out in frames of this many, so the writer commits the first
 # while the loop still parses the rest. Measured 8-24 alike and about 10% more events/s than one frame
@@ -93,10 +93,10 @@ def serve_writer(channel: Connection, connect: Connect, write_batch: BatchFn[Any
     try:
         while True:
             try:
-                received = [read_ops(frame) for frame in frames.take()]
+                received = [_unpickle(frame) for frame in frames.take()]
             except (EOFError, OSError):
                 return  # the server is gone (or was killed): nobody is left to answer
-            work = [ops for ops in received if ops != STOP]
+            work = [ops for ops in received if ops != _STOP]
             if work:
                 readable = [ops for ops in work if ops is not None]
                 answer: RoundAnswer = ([], 0, 0.0)
@@ -111,7 +111,7 @@ def serve_writer(channel: Connection, connect: Connect, write_batch: BatchFn[Any
                         _close(db)
                         db = None
                 try:
-                    frames.send(dump_answer(_with_unreadable(work, answer)))
+                    frames.send(_dumps(_with_unreadable(work, answer)))
                 except OSError:
                     return  # the server is gone
             if len(work) < len(received):
@@ -133,7 +133,7 @@ class _Frames:
         self._buffer = bytearray()
 
     def send(self, data: bytes) -> None:
-        self.sock.sendall(frame_bytes(data))
+        self.sock.sendall(_frame_bytes(data))
 
     def take(self) -> list[bytearray]:
         """Wait for at least one whole frame; return all whole frames received. EOFError once the peer closed."""
@@ -141,7 +141,7 @@ class _Frames:
             self._receive(blocking=True)
             while self._receive(blocking=False):
                 pass
-            frames = whole_frames(self._buffer)
+            frames = _whole_frames(self._buffer)
             if frames:
                 return frames
 
@@ -156,7 +156,7 @@ class _Frames:
         return True
 
 
-def whole_frames(buffer: bytearray) -> list[bytearray]:
+def _whole_frames(buffer: bytearray) -> list[bytearray]:
     """Take every whole frame off the front of `buffer`; a partial one stays for the next read."""
     start = 0
     frames: list[bytearray] = []
@@ -171,7 +171,7 @@ def whole_frames(buffer: bytearray) -> list[bytearray]:
     return frames
 
 
-def read_ops(data: bytearray) -> list[Op] | None:
+def _unpickle(data: bytearray) -> list[Op] | None:
     """One frame's ops; None when they cannot be unpickled here (a function this process cannot import)."""
     try:
         ops: list[Op] = pickle.loads(data)
@@ -246,7 +246,7 @@ def _rollback(db: sqlite3.Connection) -> bool:
     return True
 
 
-def dump_answer(answer: RoundAnswer) -> bytes:
+def _dumps(answer: RoundAnswer) -> bytes:
     """Pickle the answer; an exception that cannot be pickled travels as CallFailed with its text."""
     try:
         return pickle.dumps(answer, pickle.HIGHEST_PROTOCOL)
@@ -289,7 +289,7 @@ class _Channel(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        for frame in whole_frames(self._buffer):
+        for frame in _whole_frames(self._buffer):
             self._on_answer(pickle.loads(frame))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -297,25 +297,20 @@ class _Channel(asyncio.Protocol):
 
 
 class GroupCommitWriter(Generic[Row, Result]):
-    """Hands every write to one writer process, which commits the work queued meanwhile as one transaction.
-
-    The process body is pluggable (`serve`): it reads request frames off its end of the channel and answers
-    each with a `RoundAnswer`, in the order the frames came.
-    """
+    """Serialises every write through one writer process, committing queued work as one transaction."""
 
     def __init__(
         self,
-        serve: Callable[[Connection], None],
+        connect: Connect,
+        write_batch: BatchFn[Row, Result],
         loop: asyncio.AbstractEventLoop,
         *,
-        name: str = "jobhook-sqlite-writer",
         batch_sizes: Histogram | None = None,
         commit_seconds: Histogram | None = None,
     ) -> None:
-        # The writer process's body, given its end of the channel: `serve_writer` (SQLite) or
-        # `pg_ingest.serve_ingest`, partially applied. Pickled to the process: module-level functions only.
-        self._serve = serve
-        self._name = name
+        # Both are pickled to the writer process: module-level functions or partials of them.
+        self._connect = connect
+        self._write_batch = write_batch
         self._loop = loop
         self._ops: list[Op] = []  # submitted during this turn of the loop, not yet sent
         self._waiting: list[_Waiting] = []  # per op of `_ops`
@@ -335,7 +330,12 @@ class GroupCommitWriter(Generic[Row, Result]):
     async def start(self) -> None:
         """Start the writer process and connect to it."""
         ours, theirs = multiprocessing.Pipe(duplex=True)
-        process = _CONTEXT.Process(target=self._serve, args=(theirs,), name=self._name, daemon=True)
+        process = _CONTEXT.Process(
+            target=serve_writer,
+            args=(theirs, self._connect, self._write_batch),
+            name="jobhook-sqlite-writer",
+            daemon=True,
+        )
         await asyncio.to_thread(_start_without_main, process)
         theirs.close()
         sock = socket.socket(fileno=os.dup(ours.fileno()))
@@ -355,7 +355,7 @@ class GroupCommitWriter(Generic[Row, Result]):
         self._flush()
         transport, gone = self._transport, self._gone
         if transport is not None and gone is not None:
-            transport.write(_frame(STOP))
+            transport.write(_frame(_STOP))
             await gone
         if self._process is not None:
             await asyncio.to_thread(self._process.join)
@@ -512,10 +512,10 @@ def _start_without_main(process: multiprocessing.process.BaseProcess) -> None:
 
 
 def _frame(payload: Any) -> bytes:
-    return frame_bytes(pickle.dumps(payload, pickle.HIGHEST_PROTOCOL))
+    return _frame_bytes(pickle.dumps(payload, pickle.HIGHEST_PROTOCOL))
 
 
-def frame_bytes(data: bytes) -> bytes:
+def _frame_bytes(data: bytes) -> bytes:
     return _HEADER.pack(len(data)) + data
 
 
