@@ -125,6 +125,33 @@ async def test_ctrl_c_to_the_process_group_does_not_stop_the_writer(writer: Grou
     assert await writer.submit("still here") is True
 
 
+async def test_a_stalled_writer_answers_503_and_recovers_when_it_moves_again(tmp_path: Path) -> None:
+    writer: GroupCommitWriter[str, bool] = GroupCommitWriter(
+        functools.partial(connect, tmp_path / "w.db"), insert, asyncio.get_running_loop(), stall_seconds=0.5
+    )
+    await writer.start()
+    try:
+        assert await writer.submit("before") is True
+        assert writer.pid is not None
+        os.kill(writer.pid, signal.SIGSTOP)  # a hung writer: alive, silent
+        try:
+            held = writer.submit("held")
+            with pytest.raises(StoreUnavailable, match=r"has not answered for 0\.5 s"):
+                await asyncio.wait_for(held, 5)
+            assert not writer.healthy
+            with pytest.raises(StoreUnavailable, match="has not answered"):  # at once, not after another wait
+                await asyncio.wait_for(writer.submit("meanwhile"), 0.2)
+        finally:
+            os.kill(writer.pid, signal.SIGCONT)
+        await wait_until(lambda: writer.healthy, 5)  # its answer to the held round (dropped) shows it moves again
+        assert await writer.submit("after") is True
+        # The held row was written once the writer moved again: the sender's retry finds it there.
+        assert await writer.submit("held") is False
+        assert await writer.call(count, "meanwhile") == 0
+    finally:
+        await writer.stop()
+
+
 async def test_a_dead_writer_fails_what_it_held_and_a_new_one_takes_over(
     writer: GroupCommitWriter[str, bool],
 ) -> None:

@@ -34,6 +34,7 @@ from receiver.tally import BATCH_SIZE_BUCKETS, COMMIT_SECONDS_BUCKETS, Histogram
 log = logging.getLogger("jobhook.store")
 T = TypeVar("T")
 
+STALL_MARGIN_SECONDS = 10.0  # a writer silent for database.busy_timeout + this long is stalled: 503s
 _ROWS_PER_STATEMENT = 500  # at most 11 parameters each: far under SQLite's 32766-variable limit
 
 _INSERT_EVENTS = """
@@ -208,6 +209,8 @@ class SqliteStore(HistoryQueries):
             functools.partial(connect_writer, self.path, self._synchronous, self._busy_timeout_ms),
             functools.partial(write_events, notify_statuses=self._notify_statuses),
             asyncio.get_running_loop(),
+            # A round may wait busy_timeout for a lock held elsewhere (then answers 503 itself): allow that and more.
+            stall_seconds=self._busy_timeout_ms / 1000 + STALL_MARGIN_SECONDS,
             batch_sizes=self.batch_sizes,
             commit_seconds=self.commit_seconds,
         )

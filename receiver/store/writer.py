@@ -305,6 +305,7 @@ class GroupCommitWriter(Generic[Row, Result]):
         write_batch: BatchFn[Row, Result],
         loop: asyncio.AbstractEventLoop,
         *,
+        stall_seconds: float = 15.0,
         batch_sizes: Histogram | None = None,
         commit_seconds: Histogram | None = None,
     ) -> None:
@@ -315,7 +316,11 @@ class GroupCommitWriter(Generic[Row, Result]):
         self._ops: list[Op] = []  # submitted during this turn of the loop, not yet sent
         self._waiting: list[_Waiting] = []  # per op of `_ops`
         self._flush_scheduled = False
-        self._in_flight: deque[list[_Waiting]] = deque()  # per frame sent, per op
+        self._in_flight: deque[_Sent] = deque()  # per frame sent, oldest first
+        # A round unanswered this long means a writer that hangs (a stopped process, a stuck disk): its senders
+        # get 503 rather than wait forever, and new writes fail at once until the writer answers again.
+        self._stall_seconds = stall_seconds
+        self._watchdog: asyncio.TimerHandle | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
         self._transport: asyncio.Transport | None = None
         self._starting: asyncio.Task[None] | None = None
@@ -346,10 +351,14 @@ class GroupCommitWriter(Generic[Row, Result]):
             lambda: _Channel(self._answered, lambda: self._lost(gone)), sock
         )
         self._process, self._transport = process, transport
+        if self._watchdog is None:
+            self._watch()
 
     async def stop(self) -> None:
         """Write what is queued, then stop the writer process (which closes its connection)."""
         self._stopping = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._starting is not None:
             await asyncio.gather(self._starting, return_exceptions=True)
         self._flush()
@@ -429,13 +438,35 @@ class GroupCommitWriter(Generic[Row, Result]):
             self._restart()
             _fail(waiting, StoreUnavailable("the store writer is not running"))
             return
+        if self._stalled():
+            _fail(waiting, self._stall_error())
+            return
         try:
             frame = _frame(ops)
         except Exception as exc:  # something unpicklable was passed: a bug, not an outage
             _fail(waiting, CallFailed(f"cannot send to the store writer: {exc}"))
             return
         transport.write(frame)
-        self._in_flight.append(waiting)
+        self._in_flight.append(_Sent(time.monotonic(), waiting))
+
+    def _stalled(self) -> bool:
+        return bool(self._in_flight) and time.monotonic() - self._in_flight[0].at > self._stall_seconds
+
+    def _stall_error(self) -> StoreUnavailable:
+        return StoreUnavailable(f"the store writer has not answered for {self._stall_seconds:g} s")
+
+    def _watch(self) -> None:
+        """Fail every round in flight once the oldest has waited `stall_seconds` (checked each second, or more often).
+
+        The writer may still commit them later (an answer to a failed future is dropped): their senders were
+        told 503, retry, and dedupe answers the retry.
+        """
+        if self._stalled():
+            error = self._stall_error()
+            self._unhealthy(str(error))
+            for sent in self._in_flight:
+                _fail(sent.waiting, error)
+        self._watchdog = self._loop.call_later(min(1.0, self._stall_seconds / 2), self._watch)
 
     # --- answers ---------------------------------------------------------------------------
     def _answered(self, answer: RoundAnswer) -> None:
@@ -444,7 +475,7 @@ class GroupCommitWriter(Generic[Row, Result]):
             self.commit_seconds.observe(seconds)
             self.batch_sizes.observe(items)
         for answers in frames:
-            frame = self._in_flight.popleft()
+            frame = self._in_flight.popleft().waiting
             if answers is None:
                 _fail(frame, CallFailed("the store writer could not read this write (an unknown function?)"))
                 continue
@@ -473,12 +504,19 @@ class GroupCommitWriter(Generic[Row, Result]):
         if self._in_flight or not self._stopping:
             self._unhealthy(str(error))
         while self._in_flight:
-            _fail(self._in_flight.popleft(), error)
+            _fail(self._in_flight.popleft().waiting, error)
 
     def _unhealthy(self, reason: str) -> None:
         if self.healthy:
             log.error("store cannot commit: %s", reason)
         self.healthy = False
+
+
+class _Sent(NamedTuple):
+    """A frame in flight: when it was sent (time.monotonic), and the futures of its ops."""
+
+    at: float
+    waiting: list[_Waiting]
 
 
 class _Waiting(NamedTuple):
