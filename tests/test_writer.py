@@ -152,6 +152,20 @@ async def test_a_stalled_writer_answers_503_and_recovers_when_it_moves_again(tmp
         await writer.stop()
 
 
+async def test_stop_does_not_hang_on_a_writer_that_hangs(tmp_path: Path) -> None:
+    writer: GroupCommitWriter[str, bool] = GroupCommitWriter(
+        functools.partial(connect, tmp_path / "w.db"), insert, asyncio.get_running_loop(), stall_seconds=0.5
+    )
+    await writer.start()
+    assert await writer.submit("before") is True
+    pid = writer.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    await asyncio.wait_for(writer.stop(), 5)  # waits its stall time, then kills the writer
+    with pytest.raises(ProcessLookupError):  # killed and reaped
+        os.kill(pid, 0)
+
+
 async def test_a_dead_writer_fails_what_it_held_and_a_new_one_takes_over(
     writer: GroupCommitWriter[str, bool],
 ) -> None:

@@ -365,7 +365,12 @@ class GroupCommitWriter(Generic[Row, Result]):
         transport, gone = self._transport, self._gone
         if transport is not None and gone is not None:
             transport.write(_frame(_STOP))
-            await gone
+            try:
+                await asyncio.wait_for(gone, self._stall_seconds)
+            except TimeoutError:  # a writer that hangs must not hang the server's shutdown too
+                log.error("the store writer did not stop within %g s; killing it", self._stall_seconds)
+                if self._process is not None:
+                    self._process.kill()
         if self._process is not None:
             await asyncio.to_thread(self._process.join)
             self._process = None
