@@ -116,6 +116,7 @@ class BytescalePoller:
         self.throttled_until: float | None = None  # time.monotonic() until which no request is sent
         self.stopped_reason: str | None = None  # set by a 401/403: no more polling until restart
         self.dropped: list[str] = []  # jobIds dropped after a 404
+        self.leading: bool | None = None  # whether this replica polls the account (one of several does)
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -167,6 +168,8 @@ class BytescalePoller:
         if remaining > 0:
             return remaining
         try:
+            if not await self._lead():
+                return self.interval
             seen = await self._discover()
             tracked = [job for job in await self._store.tracked_jobs(self.account_id) if job.job_id not in seen]
             results = await asyncio.gather(*(self._follow(job) for job in tracked), return_exceptions=True)
@@ -188,6 +191,16 @@ class BytescalePoller:
         self.failures = 0
         self.polls += 1
         return self.interval
+
+    async def _lead(self) -> bool:
+        """Whether this replica polls the account this round; a change is logged once."""
+        leading = await self._store.lead_polling(self.account_id)
+        if leading and self.leading is False:
+            log.info("bytescale account %s: this replica polls it now (the one that did has gone)", self.account_id)
+        elif not leading and self.leading is not False:
+            log.info("bytescale account %s: another replica polls it; this one stands by", self.account_id)
+        self.leading = leading
+        return leading
 
     async def _discover(self) -> set[str]:
         data = await self._get(self._base, [("jobType", job_type) for job_type in self.job_types])

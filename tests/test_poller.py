@@ -144,6 +144,29 @@ async def test_restart_resumes_unfinished_jobs_without_renotifying(make_client: 
         assert poller_of(second).polls > 0
 
 
+@pytest.mark.stores("postgres")
+async def test_of_two_replicas_one_polls_and_the_other_takes_over_when_it_stops(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobhook.poller")
+    async with BytescaleFake() as fake:
+        fake.start_job("Succeeded", step=60)
+        first = await make_client(sources={"bytescale": fake.source(interval="20ms")})
+        await wait_until(lambda: poller_of(first).polls >= 3)
+        second = await make_client(sources={"bytescale": fake.source(interval="20ms")})
+        await wait_until(lambda: poller_of(second).leading is False)
+        await asyncio.sleep(0.3)  # a dozen of its rounds
+        assert poller_of(second).requests == 0  # Bytescale sees one poller
+        assert poller_of(first).polls > 10 and poller_of(first).leading
+
+        await first.close()  # its store closes the connection holding the account's lock
+        await wait_until(lambda: poller_of(second).polls >= 3, within=10)
+        assert poller_of(second).leading
+    said = [r.getMessage() for r in caplog.records if r.name == "jobhook.poller"]
+    assert any("another replica polls it; this one stands by" in line for line in said)
+    assert any("this replica polls it now" in line for line in said)
+
+
 async def test_429_pauses_the_account_for_retry_after(make_client: MakeClient, db: Any) -> None:
     async with BytescaleFake() as fake:
         fake.start_job("Succeeded", step=60)

@@ -25,6 +25,7 @@ from receiver.store.base import EventRow, Ingested, OutboxItem, OutboxStats
 from receiver.store.deliveries import ClaimedDelivery, NewDelivery, Outcome
 from receiver.store.history import HistoryQueries, Json
 from receiver.store.pg_ingest import DB_ERRORS, IngestThread
+from receiver.store.pg_leadership import PollingLeadership
 from receiver.store.pg_schema import MIGRATIONS
 from receiver.store.pg_sql import numbered
 from receiver.store.polling import FORGET, OPEN_JOBS, TrackedJob
@@ -131,6 +132,7 @@ class PostgresStore(HistoryQueries):
         self._flushers = flushers
         self._pool: asyncpg.Pool | None = None
         self._ingest: IngestThread | None = None
+        self._leadership = PollingLeadership(url, command_timeout)
         self.batch_sizes = Histogram(BATCH_SIZE_BUCKETS)
         self.commit_seconds = Histogram(COMMIT_SECONDS_BUCKETS)
 
@@ -171,6 +173,7 @@ class PostgresStore(HistoryQueries):
         self._ingest = ingest
 
     async def close(self) -> None:
+        await self._leadership.close()  # another replica takes over polling at its next round
         if self._ingest is not None:
             await self._ingest.stop()
             self._ingest = None
@@ -280,3 +283,7 @@ class PostgresStore(HistoryQueries):
 
     async def tracked_jobs(self, account_id: str) -> list[TrackedJob]:
         return [TrackedJob(*row) for row in await self.call(pg_deliveries.fetch, numbered(OPEN_JOBS), account_id)]
+
+    async def lead_polling(self, account_id: str) -> bool:
+        """One replica polls each account (`receiver.store.pg_leadership`)."""
+        return await self._leadership.leads(account_id)

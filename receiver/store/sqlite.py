@@ -336,6 +336,10 @@ class SqliteStore(HistoryQueries):
         """The jobs of this account followed and not yet seen terminal, oldest registration first."""
         return [TrackedJob(*row) for row in await self._rows(polling.OPEN_JOBS, (account_id,))]
 
+    async def lead_polling(self, account_id: str) -> bool:
+        """Always: one server owns a SQLite file, so it polls every account it is configured with."""
+        return True
+
 
 def _beat(conn: sqlite3.Connection, now: int) -> None:
     conn.execute(BEAT, (now,))
