@@ -105,11 +105,17 @@ class JobhookCollector(Collector):
             "Consecutive failed polling rounds (5xx, network) for the account",
             labels=["account"],
         )
+        leading = GaugeMetricFamily(
+            "jobhook_poller_leading",
+            "1 while this replica is the one polling the account (of several replicas, one is)",
+            labels=["account"],
+        )
         for account, poller in self._pollers.items():
             requests.add_metric([account], poller.requests)
             stopped.add_metric([account], 1.0 if poller.stopped_reason else 0.0)
             failures.add_metric([account], poller.failures)
-        yield from (requests, stopped, failures)
+            leading.add_metric([account], 1.0 if poller.leading else 0.0)
+        yield from (requests, stopped, failures, leading)
 
     @staticmethod
     def _delivery_metrics(worker: DeliveryWorker) -> Iterator[Metric]:

@@ -158,6 +158,9 @@ async def test_of_two_replicas_one_polls_and_the_other_takes_over_when_it_stops(
         await asyncio.sleep(0.3)  # a dozen of its rounds
         assert poller_of(second).requests == 0  # Bytescale sees one poller
         assert poller_of(first).polls > 10 and poller_of(first).leading
+        leading = f'jobhook_poller_leading{{account="{ACCOUNT}"}}'
+        assert f"{leading} 1.0" in await (await first.get("/metrics")).text()
+        assert f"{leading} 0.0" in await (await second.get("/metrics")).text()
 
         await first.close()  # its store closes the connection holding the account's lock
         await wait_until(lambda: poller_of(second).polls >= 3, within=10)
