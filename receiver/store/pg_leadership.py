@@ -22,6 +22,8 @@ POLLER_LOCK_CLASS = 0x6A6F6270  # "jobp"
 
 
 class PollingLeadership:
+    """This replica's polling locks, one per account it polls, on one connection of its own."""
+
     def __init__(self, url: str, command_timeout: float) -> None:
         self._url = url
         self._command_timeout = command_timeout
