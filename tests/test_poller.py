@@ -155,9 +155,10 @@ async def test_of_two_replicas_one_polls_and_the_other_takes_over_when_it_stops(
         await wait_until(lambda: poller_of(first).polls >= 3)
         second = await make_client(sources={"bytescale": fake.source(interval="20ms")})
         await wait_until(lambda: poller_of(second).leading is False)
-        await asyncio.sleep(0.3)  # a dozen of its rounds
+        polls = poller_of(first).polls
+        await asyncio.sleep(0.3)  # more of its rounds
         assert poller_of(second).requests == 0  # Bytescale sees one poller
-        assert poller_of(first).polls > 10 and poller_of(first).leading
+        assert poller_of(first).polls > polls and poller_of(first).leading
         leading = f'jobhook_poller_leading{{account="{ACCOUNT}"}}'
         assert f"{leading} 1.0" in await (await first.get("/metrics")).text()
         assert f"{leading} 0.0" in await (await second.get("/metrics")).text()
