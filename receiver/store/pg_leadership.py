@@ -37,7 +37,9 @@ class PollingLeadership:
         async with self._busy:
             try:
                 if self._conn is None:
-                    self._conn = await asyncpg.connect(self._url, command_timeout=self._command_timeout)
+                    self._conn = await asyncpg.connect(
+                        self._url, timeout=self._command_timeout, command_timeout=self._command_timeout
+                    )
                 if account_id in self._held:
                     await self._conn.fetchval("SELECT 1")  # the connection, and so the lock, is still there
                     return True
