@@ -55,12 +55,18 @@ def fail_unpicklably(conn: sqlite3.Connection) -> None:
     raise Unpicklable("a lock or a socket inside")
 
 
-@pytest.fixture
-async def writer(tmp_path: Path) -> AsyncIterator[GroupCommitWriter[str, bool]]:
+async def started(tmp_path: Path, **options: float) -> GroupCommitWriter[str, bool]:
+    """A running writer of `insert` batches into `w.db` (`options`: GroupCommitWriter's, e.g. stall_seconds)."""
     writer: GroupCommitWriter[str, bool] = GroupCommitWriter(
-        functools.partial(connect, tmp_path / "w.db"), insert, asyncio.get_running_loop()
+        functools.partial(connect, tmp_path / "w.db"), insert, asyncio.get_running_loop(), **options
     )
     await writer.start()
+    return writer
+
+
+@pytest.fixture
+async def writer(tmp_path: Path) -> AsyncIterator[GroupCommitWriter[str, bool]]:
+    writer = await started(tmp_path)
     yield writer
     await writer.stop()
 
@@ -106,10 +112,7 @@ async def test_a_write_the_writer_cannot_run_fails_alone(writer: GroupCommitWrit
 
 
 async def test_stop_writes_what_is_queued(tmp_path: Path) -> None:
-    writer: GroupCommitWriter[str, bool] = GroupCommitWriter(
-        functools.partial(connect, tmp_path / "w.db"), insert, asyncio.get_running_loop()
-    )
-    await writer.start()
+    writer = await started(tmp_path)
     pending = [writer.submit(f"late{i}") for i in range(20)]
     await writer.stop()
     assert await asyncio.gather(*pending) == [True] * 20
@@ -126,10 +129,7 @@ async def test_ctrl_c_to_the_process_group_does_not_stop_the_writer(writer: Grou
 
 
 async def test_a_stalled_writer_answers_503_and_recovers_when_it_moves_again(tmp_path: Path) -> None:
-    writer: GroupCommitWriter[str, bool] = GroupCommitWriter(
-        functools.partial(connect, tmp_path / "w.db"), insert, asyncio.get_running_loop(), stall_seconds=0.5
-    )
-    await writer.start()
+    writer = await started(tmp_path, stall_seconds=0.5)
     try:
         assert await writer.submit("before") is True
         assert writer.pid is not None
@@ -153,10 +153,7 @@ async def test_a_stalled_writer_answers_503_and_recovers_when_it_moves_again(tmp
 
 
 async def test_stop_does_not_hang_on_a_writer_that_hangs(tmp_path: Path) -> None:
-    writer: GroupCommitWriter[str, bool] = GroupCommitWriter(
-        functools.partial(connect, tmp_path / "w.db"), insert, asyncio.get_running_loop(), stall_seconds=0.5
-    )
-    await writer.start()
+    writer = await started(tmp_path, stall_seconds=0.5)
     assert await writer.submit("before") is True
     pid = writer.pid
     assert pid is not None
