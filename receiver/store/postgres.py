@@ -282,7 +282,7 @@ class PostgresStore(HistoryQueries):
         return await self.call(pg_deliveries.execute, numbered(FORGET), account_id, job_id) == 1
 
     async def tracked_jobs(self, account_id: str) -> list[TrackedJob]:
-        return [TrackedJob(*row) for row in await self.call(pg_deliveries.fetch, numbered(OPEN_JOBS), account_id)]
+        return [TrackedJob(*row) for row in await self._rows(OPEN_JOBS, (account_id,))]
 
     async def lead_polling(self, account_id: str) -> bool:
         """One replica polls each account (`receiver.store.pg_leadership`)."""
