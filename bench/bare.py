@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-import uvloop
 from aiohttp import web
+
+from receiver.event_loop import loop_factory
 
 
 async def accept(request: web.Request) -> web.Response:
@@ -36,7 +37,8 @@ def run(app: web.Application, prog: str, description: str | None, argv: Sequence
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio", help="the event loop")
     args = parser.parse_args(argv)
-    loop = uvloop.new_event_loop() if args.loop == "uvloop" else None  # None: run_app's asyncio loop
+    factory = loop_factory(args.loop)
+    loop = factory() if factory is not None else None  # None: run_app's own asyncio loop
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, loop=loop)
 
 
