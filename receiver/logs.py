@@ -66,6 +66,10 @@ class _PerSecond:
             self.second, self.text = second, time.strftime(self.pattern, self.convert(created))
         return self.text
 
+    def with_millis(self, created: float, separator: str) -> str:
+        """Down to the millisecond, as a LogRecord's `msecs` counts them."""
+        return f"{self(created)}{separator}{int((created - int(created)) * 1000):03d}"
+
 
 class TextFormatter(logging.Formatter):
     """`TEXT_FORMAT` with the stdlib's time stamp (`2026-11-29 17:20:05,123`, local time)."""
@@ -75,11 +79,11 @@ class TextFormatter(logging.Formatter):
         self._seconds = _PerSecond("%Y-%m-%d %H:%M:%S", self.converter)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        return f"{self._seconds(record.created)},{int(record.msecs):03d}"
+        return self._seconds.with_millis(record.created, ",")
 
     def format_line(self, created: float, name: str, template: Template, args: tuple[Any, ...]) -> str:
         """An INFO line of `Lines`: what `format` makes of the record `logger.info(template, *args)` would."""
-        return f"{self._seconds(created)},{int((created - int(created)) * 1000):03d} INFO {name}: {template % args}"
+        return f"{self._seconds.with_millis(created, ',')} INFO {name}: {template % args}"
 
     def format(self, record: logging.LogRecord) -> str:
         """What `logging.Formatter.format` makes of TEXT_FORMAT, in one f-string."""
@@ -103,7 +107,7 @@ class JsonFormatter(logging.Formatter):
     def format_line(self, created: float, name: str, template: Template, args: tuple[Any, ...]) -> str:
         """An INFO line of `Lines`: what `format` makes of the record `logger.info(template, *args)` would."""
         entry = {
-            "time": f"{self._seconds(created)}.{int((created - int(created)) * 1000):03d}Z",
+            "time": f"{self._seconds.with_millis(created, '.')}Z",
             "level": "INFO",
             "logger": name,
             "message": template % args,
@@ -114,7 +118,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": f"{self._seconds(record.created)}.{int(record.msecs):03d}Z",
+            "time": f"{self._seconds.with_millis(record.created, '.')}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
