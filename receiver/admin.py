@@ -56,10 +56,9 @@ def create_api_app(token: str, routes: Sequence[tuple[str, str, Handler]] = ()) 
     """The `/api` sub-application: every route in it, and only those, behind the admin guard.
 
     `routes` are (method, path, handler) triples (the history API, `receiver.api.ROUTES`), served beside
-    `POST /watch`; each path also
-    answers other methods with 405, and anything else under `/api` is a 404. The guard wraps each handler
-    rather than being a middleware: a middleware on any sub-application makes aiohttp run the middleware
-    chain for every request of the whole server, intake included (about 2 µs each).
+    `POST /watch`; each path also answers other methods with 405, and anything else under `/api` is a 404.
+    The guard wraps each handler rather than being a middleware: a middleware on any sub-application makes
+    aiohttp run the middleware chain for every request of the whole server, intake included (about 2 µs each).
     """
 
     def guarded(handler: Handler) -> Handler:

@@ -13,12 +13,14 @@ def test_busy_intake_with_transitions_waiting_looks_again_within_a_load_sample()
 
 
 def test_busy_intake_with_nothing_left_to_plan_sleeps_a_whole_poll() -> None:
-    assert pass_wait(IDLE_POLL_SECONDS, claimed=0, in_flight=0, intake_busy=True, outbox_pending=False) == 1.0
+    wait = pass_wait(IDLE_POLL_SECONDS, claimed=0, in_flight=0, intake_busy=True, outbox_pending=False)
+    assert wait == IDLE_POLL_SECONDS
 
 
 def test_calm_intake_keeps_the_due_time() -> None:
     assert pass_wait(0.3, claimed=0, in_flight=0, intake_busy=False, outbox_pending=True) == 0.3
-    assert pass_wait(IDLE_POLL_SECONDS, claimed=2, in_flight=2, intake_busy=False, outbox_pending=False) == 1.0
+    wait = pass_wait(IDLE_POLL_SECONDS, claimed=2, in_flight=2, intake_busy=False, outbox_pending=False)
+    assert wait == IDLE_POLL_SECONDS
 
 
 def test_due_but_held_back_does_not_spin() -> None:
