@@ -80,12 +80,10 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
         return handler(store, args)
 
     try:
-        if args.command == "export":
-            if not args.output:
-                args.out = sys.stdout
-                return asyncio.run(on_store(settings, work))
+        if args.command == "export" and args.output:
             with open(args.output, "w", encoding="utf-8", newline="") as args.out:
                 return asyncio.run(on_store(settings, work))
+        args.out = sys.stdout  # where export writes without --output (the other commands print)
         return asyncio.run(on_store(settings, work))
     except QueryError as exc:
         print(f"jobhook {args.command}: {exc}", file=sys.stderr)
